@@ -1,0 +1,1 @@
+"""Loading the GIE ``EndpointPickerConfig`` YAML into a wired, validated configuration."""

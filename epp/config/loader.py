@@ -1,0 +1,251 @@
+"""Build a running configuration from an ``EndpointPickerConfig`` document.
+
+Order (as in the Go EPP's loader): decode strictly → instantiate plugins in list order →
+create missing data producers → default the scheduling layer (a ``default`` profile with
+every filter/scorer/picker when none is given; ``single-profile-handler`` for a single
+profile; a picker for every profile lacking one; scorer weight 1) → parser → data layer
+→ saturation detector → sort every plugin into the per-phase lists it implements.
+
+Every failure is a ``ConfigError`` naming the field, raised before the server starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from epp.config.defaults import DEFAULT_CONFIG
+from epp.config.schema import ConfigDocument, FlowControlSpec, ProfileSpec, decode_document
+from epp.datalayer.collector import SourceBinding
+from epp.errors import ConfigError
+from epp.framework.datalayer import DataSource, Extractor
+from epp.framework.parsing import Parser
+from epp.framework.plugin import BasePlugin, Handle
+from epp.framework.registry import Registry
+from epp.framework.requestcontrol import (
+    Admitter,
+    DataProducer,
+    PreRequest,
+    ResponseComplete,
+    ResponseReceived,
+    ResponseStreaming,
+)
+from epp.framework.scheduling import Filter, Picker, ProfileHandler, Scorer
+from epp.scheduling.profile import Observer, SchedulerProfile, WeightedScorer, no_observer
+from epp.scheduling.scheduler import Scheduler
+
+__all__ = ["PickerConfig", "load_config"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORER_WEIGHT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PickerConfig:
+    """Everything the director and the collector need, built once at start-up."""
+
+    plugins: dict[str, BasePlugin]
+    scheduler: Scheduler
+    parser: Parser
+    producers: tuple[DataProducer, ...]
+    admitters: tuple[Admitter, ...]
+    pre_request: tuple[PreRequest, ...]
+    response_received: tuple[ResponseReceived, ...]
+    response_streaming: tuple[ResponseStreaming, ...]
+    response_complete: tuple[ResponseComplete, ...]
+    data_bindings: tuple[SourceBinding, ...]
+    feature_gates: frozenset[str]
+    flow_control: FlowControlSpec | None
+    saturation_detector_ref: str | None
+
+
+class _Builder:
+    def __init__(self, doc: ConfigDocument, registry: Registry, handle: Handle, observer: Observer) -> None:
+        self.doc = doc
+        self.registry = registry
+        self.handle = handle
+        self.observer = observer
+        self.plugins: dict[str, BasePlugin] = handle.plugins
+
+    def add(self, type_name: str, name: str, params: object, where: str) -> BasePlugin:
+        if name in self.plugins:
+            raise ConfigError(f"{where}.name", f"duplicate plugin name {name!r}")
+        plugin = self.registry.create(type_name, name, params, self.handle, where)  # type: ignore[arg-type]
+        self.plugins[name] = plugin
+        return plugin
+
+    def of(self, proto: type) -> list[BasePlugin]:
+        return [p for p in self.plugins.values() if isinstance(p, proto)]
+
+    def instantiate(self) -> None:
+        for entry in self.doc.plugins:
+            self.add(entry.type, entry.name, entry.parameters, entry.where)
+        # Producers for data a plugin consumes but no configured plugin produces.
+        for plugin in list(self.plugins.values()):
+            for key in sorted(plugin.CONSUMES):
+                if any(key in p.PRODUCES for p in self.plugins.values()):
+                    continue
+                producer_type = self.registry.default_producer(key)
+                if producer_type is None:
+                    raise ConfigError("plugins", f"plugin {plugin.typed_name} needs {key!r} and no plugin produces it")
+                params = getattr(plugin, "default_producer_parameters", lambda: None)()
+                self.add(producer_type, producer_type, params, f"plugins[{producer_type} (auto-created)]")
+
+    def profiles(self) -> dict[str, SchedulerProfile]:
+        specs = self.doc.profiles or (ProfileSpec("default", (), "schedulingProfiles[default]"),)
+        default_picker: BasePlugin | None = None
+        profiles: dict[str, SchedulerProfile] = {}
+        for spec in specs:
+            if spec.name in profiles:
+                raise ConfigError(f"{spec.where}.name", f"duplicate profile name {spec.name!r}")
+            filters: list[Filter] = []
+            scorers: list[WeightedScorer] = []
+            picker: Picker | None = None
+            entries = spec.plugins
+            members = [(e.plugin_ref, e.weight, e.where) for e in entries] if self.doc.profiles else [
+                (p.typed_name.name, None, spec.where) for p in self.plugins.values()
+                if isinstance(p, Filter | Scorer | Picker)
+            ]
+            for ref, weight, where in members:
+                plugin = self.plugins.get(ref)
+                if plugin is None:
+                    raise ConfigError(f"{where}.pluginRef",
+                                      f"profile {spec.name!r} references undefined plugin {ref!r}")
+                if isinstance(plugin, Filter):
+                    filters.append(plugin)
+                if isinstance(plugin, Scorer):
+                    scorers.append(WeightedScorer(plugin, DEFAULT_SCORER_WEIGHT if weight is None else weight))
+                if isinstance(plugin, Picker):
+                    if picker is not None:
+                        raise ConfigError(f"{where}.pluginRef", f"profile {spec.name!r} already has picker "
+                                                                f"{picker.typed_name.name!r}; only one is allowed")  # type: ignore[attr-defined]
+                    picker = plugin
+            if picker is None:
+                if default_picker is None:
+                    pickers = self.of(Picker)
+                    default_picker = pickers[0] if pickers else self.add(
+                        "max-score-picker", "max-score-picker", None, "plugins[max-score-picker (auto-created)]")
+                picker = default_picker  # type: ignore[assignment]
+            profiles[spec.name] = SchedulerProfile(spec.name, filters, scorers, picker, self.observer)  # type: ignore[arg-type]
+        return profiles
+
+    def profile_handler(self, profiles: dict[str, SchedulerProfile]) -> ProfileHandler:
+        handlers = self.of(ProfileHandler)
+        if len(handlers) > 1:
+            names = ", ".join(repr(h.typed_name.name) for h in handlers)
+            raise ConfigError("plugins", f"multiple profile handlers found ({names}); only one is allowed")
+        if not handlers:
+            if len(profiles) != 1:
+                raise ConfigError("plugins", "no profile handler configured; one is required with several profiles")
+            handlers = [self.add("single-profile-handler", "single-profile-handler", None,
+                                 "plugins[single-profile-handler (auto-created)]")]
+        handler = handlers[0]
+        if handler.typed_name.type == "single-profile-handler" and len(profiles) != 1:
+            raise ConfigError("schedulingProfiles", "single-profile-handler supports exactly one scheduling profile",
+                              sorted(profiles))
+        return handler  # type: ignore[return-value]
+
+    def parser(self) -> Parser:
+        ref = self.doc.parser_ref or "openai-parser"
+        plugin = self.plugins.get(ref)
+        if plugin is None:
+            if ref != "openai-parser":
+                raise ConfigError("parser.pluginRef", f"references undefined plugin {ref!r}")
+            plugin = self.add("openai-parser", "openai-parser", None, "plugins[openai-parser (auto-created)]")
+        if not isinstance(plugin, Parser):
+            raise ConfigError("parser.pluginRef", f"plugin {ref!r} ({plugin.typed_name.type}) is not a parser")
+        return plugin
+
+    def data_layer(self) -> tuple[SourceBinding, ...]:
+        specs = self.doc.data_sources
+        if specs is None:
+            source = next((p for p in self.plugins.values() if p.typed_name.type == "metrics-data-source"), None)
+            source = source or self.add("metrics-data-source", "metrics-data-source", None,
+                                        "plugins[metrics-data-source (auto-created)]")
+            extractor = next((p for p in self.plugins.values() if p.typed_name.type == "core-metrics-extractor"), None)
+            extractor = extractor or self.add("core-metrics-extractor", "core-metrics-extractor", None,
+                                              "plugins[core-metrics-extractor (auto-created)]")
+            wiring = [(source, [extractor], "dataLayer")]
+        else:
+            wiring = []
+            for spec in specs:
+                source = self._ref(spec.plugin_ref, f"{spec.where}.pluginRef")
+                extractors = [self._ref(ref, f"{spec.where}.extractors[{i}].pluginRef")
+                              for i, ref in enumerate(spec.extractors)]
+                wiring.append((source, extractors, spec.where))
+        bindings = []
+        for source, extractors, where in wiring:
+            if not isinstance(source, DataSource):
+                raise ConfigError(f"{where}.pluginRef", f"plugin {source.typed_name.name!r} is not a data source")
+            for extractor in extractors:
+                if not isinstance(extractor, Extractor):
+                    raise ConfigError(f"{where}.extractors",
+                                      f"plugin {extractor.typed_name.name!r} is not an extractor")
+                wants, gives = extractor.input_type(), source.output_type()
+                if not issubclass(gives, wants):
+                    raise ConfigError(f"{where}.extractors", f"extractor {extractor.typed_name.name!r} reads "
+                                      f"{wants.__name__}, source produces {gives.__name__}")
+            source.bind_extractors(list(extractors))  # type: ignore[arg-type]
+            bindings.append(SourceBinding(source, tuple(extractors)))  # type: ignore[arg-type]
+        return tuple(bindings)
+
+    def _ref(self, ref: str, where: str) -> BasePlugin:
+        plugin = self.plugins.get(ref)
+        if plugin is None:
+            raise ConfigError(where, f"references undefined plugin {ref!r}")
+        return plugin
+
+    def saturation_detector(self) -> str | None:
+        ref = self.doc.saturation_detector_ref
+        if ref is not None and ref not in self.plugins and ref != "utilization-detector":
+            raise ConfigError("saturationDetector.pluginRef", f"references undefined plugin {ref!r}")
+        return ref
+
+    def producers_in_order(self) -> tuple[DataProducer, ...]:
+        """Data producers sorted so that a producer runs after those it consumes from."""
+        pending = self.of(DataProducer)
+        ordered: list[BasePlugin] = []
+        produced: set[str] = set()
+        while pending:
+            ready = [p for p in pending if all(k in produced or not any(k in q.PRODUCES for q in pending if q is not p)
+                                               for k in p.CONSUMES)]
+            if not ready:
+                raise ConfigError("plugins", "data producers depend on each other in a cycle: "
+                                  + ", ".join(str(p.typed_name) for p in pending))
+            for p in ready:
+                ordered.append(p)
+                produced |= p.PRODUCES
+                pending.remove(p)
+        return tuple(ordered)  # type: ignore[arg-type]
+
+
+def load_config(text: str | None, registry: Registry, handle: Handle, observer: Observer = no_observer) -> PickerConfig:
+    """Decode, validate and build; raises ``ConfigError`` naming the offending field."""
+    doc = decode_document(text if text and text.strip() else DEFAULT_CONFIG)
+    builder = _Builder(doc, registry, handle, observer)
+    builder.instantiate()
+    profiles = builder.profiles()
+    handler = builder.profile_handler(profiles)
+    parser = builder.parser()
+    bindings = builder.data_layer()
+    saturation = builder.saturation_detector()
+    if "flowControl" in doc.feature_gates or doc.flow_control is not None:
+        log.warning("flowControl is validated but not enforced by this version: requests are admitted directly")
+    if saturation is not None:
+        log.warning("saturationDetector %r is validated but not used by this version", saturation)
+    return PickerConfig(
+        plugins=dict(builder.plugins),
+        scheduler=Scheduler(handler, profiles),
+        parser=parser,
+        producers=builder.producers_in_order(),
+        admitters=tuple(builder.of(Admitter)),  # type: ignore[arg-type]
+        pre_request=tuple(builder.of(PreRequest)),  # type: ignore[arg-type]
+        response_received=tuple(builder.of(ResponseReceived)),  # type: ignore[arg-type]
+        response_streaming=tuple(builder.of(ResponseStreaming)),  # type: ignore[arg-type]
+        response_complete=tuple(builder.of(ResponseComplete)),  # type: ignore[arg-type]
+        data_bindings=bindings,
+        feature_gates=doc.feature_gates,
+        flow_control=doc.flow_control,
+        saturation_detector_ref=saturation,
+    )

@@ -1,0 +1,1 @@
+"""Endpoints, the pool that holds them, and the background collector that hydrates them."""

@@ -1,0 +1,165 @@
+"""The background collector: one periodic task per endpoint feeds its data sources.
+
+Each tick (``interval``, default 50 ms as in the Go EPP) the task polls every bound data
+source with a timeout and pushes the payload to that source's extractors. The tasks run
+in one ``TaskGroup`` owned by ``run()``; endpoints added to the pool get a task,
+removed ones have theirs cancelled.
+
+Failure handling: a failed scrape leaves the endpoint's metrics untouched (their
+``update_time`` ages). Failures and recoveries are logged once per transition, not per
+tick. After ``unready_after`` consecutive failed ticks the endpoint is marked not ready,
+so new requests avoid a server that stopped answering; one success makes it ready again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.pool import EndpointPool
+from epp.framework.datalayer import DataSource, Extractor
+
+__all__ = ["Collector", "EndpointHealth", "SourceBinding"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBinding:
+    source: DataSource
+    extractors: tuple[Extractor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """Collector's view of one endpoint, for debug endpoints and tests."""
+
+    name: str
+    consecutive_failures: int
+    last_success: float  # time.monotonic(); 0.0 = never
+    last_error: str
+
+
+class _State:
+    __slots__ = ("failures", "last_success", "last_error", "extract_errors")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.last_success = 0.0
+        self.last_error = ""
+        self.extract_errors: dict[str, str] = {}
+
+
+class Collector:
+    def __init__(
+        self,
+        pool: EndpointPool,
+        bindings: Sequence[SourceBinding],
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        unready_after: int = 3,
+    ) -> None:
+        self.pool = pool
+        self.bindings = tuple(bindings)
+        self.interval = interval
+        self.timeout = timeout
+        self.unready_after = unready_after
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._states: dict[str, _State] = {}
+        pool.add_listener(self)
+
+    async def run(self) -> None:
+        """Scrape until cancelled."""
+        if not self.bindings:
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for endpoint in self.pool.endpoints():
+                    self.endpoint_added(endpoint)
+                await asyncio.Future()  # cancelled at shutdown
+        finally:
+            self._group = None
+            self._tasks.clear()
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        if self._group is None or endpoint.name in self._tasks:
+            return
+        self._states[endpoint.name] = _State()
+        self._tasks[endpoint.name] = self._group.create_task(self._poll(endpoint), name=f"scrape {endpoint.name}")
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        task = self._tasks.pop(endpoint.name, None)
+        if task is not None:
+            task.cancel()
+        self._states.pop(endpoint.name, None)
+
+    def health(self) -> list[EndpointHealth]:
+        return [EndpointHealth(name, s.failures, s.last_success, s.last_error) for name, s in self._states.items()]
+
+    async def _poll(self, endpoint: Endpoint) -> None:
+        state = self._states[endpoint.name]
+        # Spread endpoints over the interval so scrapes do not arrive in bursts.
+        await asyncio.sleep(random.random() * self.interval)
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self._tick(endpoint, state)
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+    async def _tick(self, endpoint: Endpoint, state: _State) -> None:
+        error = ""
+        for binding in self.bindings:
+            try:
+                data = await asyncio.wait_for(binding.source.collect(endpoint), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                error = f"timed out after {self.timeout:g}s"
+                continue
+            except Exception as exc:  # noqa: BLE001 - any source failure is a failed scrape
+                error = str(exc) or type(exc).__name__
+                continue
+            for extractor in binding.extractors:
+                self._extract(extractor, data, endpoint, state)
+        if error:
+            self._failed(endpoint, state, error)
+        else:
+            self._succeeded(endpoint, state)
+
+    def _extract(self, extractor: Extractor, data: object, endpoint: Endpoint, state: _State) -> None:
+        key = str(getattr(extractor, "typed_name", extractor))
+        try:
+            extractor.extract(data, endpoint)
+        except Exception as exc:  # noqa: BLE001 - one extractor must not stop the others
+            message = str(exc)
+            if state.extract_errors.get(key) != message:
+                log.warning("endpoint %s: extractor %s: %s", endpoint.name, key, message)
+                state.extract_errors[key] = message
+        else:
+            if state.extract_errors.pop(key, None) is not None:
+                log.info("endpoint %s: extractor %s recovered", endpoint.name, key)
+
+    def _failed(self, endpoint: Endpoint, state: _State, error: str) -> None:
+        state.failures += 1
+        if state.failures == 1:
+            log.warning("endpoint %s: scrape failed: %s", endpoint.name, error)
+        state.last_error = error
+        if state.failures == self.unready_after and endpoint.ready:
+            log.warning("endpoint %s: not ready after %d failed scrapes", endpoint.name, state.failures)
+            self.pool.set_ready(endpoint, False)
+
+    def _succeeded(self, endpoint: Endpoint, state: _State) -> None:
+        if state.failures:
+            log.info("endpoint %s: scrape recovered after %d failures", endpoint.name, state.failures)
+        state.failures = 0
+        state.last_error = ""
+        state.last_success = time.monotonic()
+        if not endpoint.ready:
+            self.pool.set_ready(endpoint, True)

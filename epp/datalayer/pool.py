@@ -1,0 +1,107 @@
+"""The endpoint pool: the set of model-server endpoints the picker may route to.
+
+A pool source (static flag list, watched pool file, later Kubernetes) calls
+``replace_all`` with the full desired set; the pool diffs it, keeps the ``Endpoint``
+objects (and their metrics) of members that stay, and tells listeners about additions and
+removals so the collector starts or stops scraping and plugins drop per-endpoint state.
+
+Concurrency: all methods run on the event loop thread; readers get immutable tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from epp.datalayer.endpoint import Endpoint, EndpointMetadata
+
+__all__ = ["EndpointPool", "PoolListener", "PoolStatistics"]
+
+
+class PoolListener(Protocol):
+    def endpoint_added(self, endpoint: Endpoint) -> None: ...
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    endpoints: int
+    ready: int
+    synced: bool
+
+
+class EndpointPool:
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        self._endpoints: dict[str, Endpoint] = {}
+        self._by_hostport: dict[str, Endpoint] = {}
+        self._all: tuple[Endpoint, ...] = ()
+        self._ready: tuple[Endpoint, ...] | None = None
+        self._listeners: list[PoolListener] = []
+        # True once a pool source has delivered its first complete view.
+        self.synced = False
+
+    def add_listener(self, listener: PoolListener) -> None:
+        self._listeners.append(listener)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every member, ready or not."""
+        return self._all
+
+    def ready_endpoints(self) -> tuple[Endpoint, ...]:
+        """Members that are ready; cached until membership or readiness changes."""
+        if self._ready is None:
+            self._ready = tuple(ep for ep in self._all if ep.ready)
+        return self._ready
+
+    def get(self, name: str) -> Endpoint | None:
+        return self._endpoints.get(name)
+
+    def by_hostport(self, hostport: str) -> Endpoint | None:
+        return self._by_hostport.get(hostport)
+
+    def set_ready(self, endpoint: Endpoint, ready: bool) -> None:
+        if endpoint.ready != ready:
+            endpoint.ready = ready
+            self._ready = None
+
+    def replace_all(self, members: Iterable[EndpointMetadata]) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Make the pool exactly ``members``; returns ``(added, removed)``.
+
+        A member whose metadata changed (labels, metrics port) keeps its ``Endpoint``
+        object, metrics and readiness; only its metadata is swapped.
+        """
+        desired: dict[str, EndpointMetadata] = {}
+        for meta in members:
+            if meta.name in desired:
+                raise ValueError(f"duplicate endpoint name {meta.name!r}")
+            desired[meta.name] = meta
+        removed = [ep for name, ep in self._endpoints.items() if name not in desired]
+        added: list[Endpoint] = []
+        for name, meta in desired.items():
+            current = self._endpoints.get(name)
+            if current is None:
+                endpoint = Endpoint(meta)
+                self._endpoints[name] = endpoint
+                added.append(endpoint)
+            elif current.metadata != meta:
+                current.metadata = meta
+                current.hostport = meta.hostport
+        for endpoint in removed:
+            del self._endpoints[endpoint.name]
+        self._all = tuple(self._endpoints.values())
+        self._by_hostport = {ep.hostport: ep for ep in self._all}
+        self._ready = None
+        self.synced = True
+        for endpoint in removed:
+            for listener in self._listeners:
+                listener.endpoint_removed(endpoint)
+        for endpoint in added:
+            for listener in self._listeners:
+                listener.endpoint_added(endpoint)
+        return added, removed
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(len(self._all), len(self.ready_endpoints()), self.synced)

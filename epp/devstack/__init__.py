@@ -1,0 +1,1 @@
+"""The local stack behind ``make run``: simulators, the picker and real Envoy on loopback."""

@@ -1,0 +1,1 @@
+"""The plugin framework: extension-point contracts, parameters, registry and scheduler."""

@@ -1,0 +1,1 @@
+"""In-flight load tracking (requests and estimated tokens per endpoint)."""

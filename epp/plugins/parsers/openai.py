@@ -1,0 +1,157 @@
+"""``openai-parser``: parse OpenAI request bodies once into a ``ParsedBody``.
+
+The API is chosen from the path (``:path``, else ``x-original-path``, else
+``x-forwarded-path``, else ``/v1/completions``) by suffix, in this order:
+``/conversations``, ``/responses``, ``/chat/completions``, ``/completions``,
+``/embeddings``; any other path is treated as completions, as in the Go EPP. The query
+string is ignored.
+
+400 errors use the Go EPP's messages. ``prompt`` holds the bytes the prefix-cache
+producer hashes, built the way the Go EPP builds them: completions use the plain prompt
+text (a list of strings joined by spaces; token-id prompts give no bytes), chat uses
+Go-style JSON of the messages keeping only ``role`` and ``content``, responses JSON of
+instructions/tools/input, conversations JSON of the items, embeddings JSON of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from epp.errors import BadRequest
+from epp.framework.parsing import ParsedBody
+from epp.framework.plugin import BasePlugin
+from epp.requests.gojson import go_json
+from epp.requests.types import ApiKind
+
+__all__ = ["OpenAIParser", "api_for_path", "request_path"]
+
+_SUFFIXES = (
+    ("/conversations", ApiKind.CONVERSATIONS),
+    ("/responses", ApiKind.RESPONSES),
+    ("/chat/completions", ApiKind.CHAT_COMPLETIONS),
+    ("/completions", ApiKind.COMPLETIONS),
+    ("/embeddings", ApiKind.EMBEDDINGS),
+)
+_PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
+
+
+def request_path(headers: Mapping[str, str]) -> str:
+    for key in _PATH_HEADERS:
+        value = headers.get(key)
+        if value:
+            return value.split("?", 1)[0]
+    return "/v1/completions"
+
+
+def api_for_path(path: str) -> ApiKind:
+    path = path.rstrip("/")
+    for suffix, api in _SUFFIXES:
+        if path.endswith(suffix):
+            return api
+    return ApiKind.COMPLETIONS
+
+
+def _content(value: Any) -> Any:
+    """A chat message's content the way the Go EPP's ``Content`` type marshals it."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        blocks = []
+        for block in value:
+            if not isinstance(block, dict):
+                raise BadRequest("invalid chat completions request: must have valid messages field")
+            image = block.get("image_url") if isinstance(block.get("image_url"), dict) else {}
+            audio = block.get("input_audio") if isinstance(block.get("input_audio"), dict) else {}
+            video = block.get("video_url") if isinstance(block.get("video_url"), dict) else {}
+            out: dict[str, Any] = {"type": block.get("type", "")}
+            if block.get("text"):
+                out["text"] = block["text"]
+            out["image_url"] = {"url": image["url"]} if image.get("url") else {}
+            out["input_audio"] = {k: audio[k] for k in ("data", "format") if audio.get(k)}
+            out["video_url"] = {"url": video["url"]} if video.get("url") else {}
+            blocks.append(out)
+        return blocks
+    raise BadRequest("invalid chat completions request: must have valid messages field")
+
+
+def _chat_prompt(messages: Any) -> bytes:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("invalid chat completions request: must have valid messages field")
+    shaped = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise BadRequest("invalid chat completions request: must have valid messages field")
+        entry: dict[str, Any] = {}
+        if message.get("role"):
+            entry["role"] = message["role"]
+        entry["content"] = _content(message.get("content"))
+        shaped.append(entry)
+    return go_json(shaped)
+
+
+def _completions_prompt(prompt: Any) -> bytes:
+    if isinstance(prompt, str) and prompt:
+        return prompt.encode()
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return " ".join(prompt).encode()
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt) or all(
+            isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt
+        ):
+            return b""  # token ids: routable, but nothing to hash as text
+    raise BadRequest("invalid completions request: must have prompt field")
+
+
+def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
+    match api:
+        case ApiKind.COMPLETIONS:
+            return _completions_prompt(body.get("prompt"))
+        case ApiKind.CHAT_COMPLETIONS:
+            return _chat_prompt(body.get("messages"))
+        case ApiKind.RESPONSES:
+            if body.get("input") is None:
+                raise BadRequest("invalid responses request: must have input field")
+            parts = [{key: body[key]} for key in ("instructions", "tools") if body.get(key) is not None]
+            return go_json([*parts, {"input": body["input"]}], sort_keys=True)
+        case ApiKind.CONVERSATIONS:
+            items = body.get("items")
+            if not isinstance(items, list) or not items:
+                raise BadRequest("invalid conversations request: must have items field")
+            shaped = [{k: item[k] for k in ("type", "role", "content") if isinstance(item, dict) and item.get(k)}
+                      for item in items]
+            return go_json(shaped, sort_keys=True)
+        case ApiKind.EMBEDDINGS:
+            if body.get("input") in (None, "", []):
+                raise BadRequest("invalid embeddings request: must have input field")
+            return go_json(body["input"], sort_keys=True)
+
+
+class OpenAIParser(BasePlugin):
+    """Parses OpenAI completions, chat, responses, conversations and embeddings bodies."""
+
+    TYPE = "openai-parser"
+
+    def parse_request(self, headers: Mapping[str, str], body: bytes) -> ParsedBody:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"error unmarshaling request body: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise BadRequest("error unmarshaling request body: expected a JSON object")
+        model = parsed.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model not found in request body")
+        path = request_path(headers)
+        api = api_for_path(path)
+        salt = parsed.get("cache_salt")
+        if salt is not None and not isinstance(salt, str):
+            raise BadRequest("cache_salt must be a string")
+        return ParsedBody(
+            api=api, path=path, model=model, body=parsed, stream=parsed.get("stream") is True,
+            cache_salt=salt or "", prompt=_prompt(api, parsed),
+        )

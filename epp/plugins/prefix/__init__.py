@@ -1,0 +1,1 @@
+"""Approximate prefix-cache routing: hashing, the per-endpoint index and its plugins."""

@@ -1,0 +1,36 @@
+"""Prompt → chained block hashes, exactly as the Go EPP's approximate prefix producer.
+
+Algorithm (xxhash64, seed 0):
+
+- ``B = blockSizeTokens * 4`` characters (bytes) per block; 4 characters approximate a token.
+- A prompt shorter than one block gives no hashes. A prompt longer than
+  ``maxBlocks * B`` bytes is truncated to that length.
+- ``h_0 = xxh64(target_model + cache_salt)``: different models or salts never share blocks.
+- ``h_k = xxh64(block_k + h_{k-1} as 8 little-endian bytes)``: a block's hash depends on
+  everything before it, so equal hashes mean equal prefixes.
+- A trailing partial block is hashed too.
+"""
+
+from __future__ import annotations
+
+from xxhash import xxh64_intdigest
+
+__all__ = ["CHARS_PER_TOKEN", "hash_prompt"]
+
+CHARS_PER_TOKEN = 4
+
+
+def hash_prompt(prompt: bytes, model: str, cache_salt: str, block_size_tokens: int, max_blocks: int) -> list[int]:
+    block = block_size_tokens * CHARS_PER_TOKEN
+    if block <= 0 or max_blocks <= 0 or len(prompt) < block:
+        return []
+    limit = block * max_blocks
+    if len(prompt) > limit:
+        prompt = prompt[:limit]
+    previous = xxh64_intdigest((model + cache_salt).encode())
+    hashes = []
+    append = hashes.append
+    for start in range(0, len(prompt), block):
+        previous = xxh64_intdigest(prompt[start : start + block] + previous.to_bytes(8, "little"))
+        append(previous)
+    return hashes

@@ -1,0 +1,36 @@
+"""The per-request prefix match data the producer writes and prefix plugins read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from epp.framework.scheduling import CycleState
+
+__all__ = ["PREFIX_MATCH_KEY", "PrefixMatch", "prefix_match"]
+
+# Same key name as the Go EPP's attribute, for readers of both code bases.
+PREFIX_MATCH_KEY = "PrefixCacheMatchInfoKey"
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """Blocks of this request's prompt, and how many leading blocks each endpoint holds."""
+
+    total_blocks: int
+    block_size_tokens: int
+    matches: Mapping[str, int] = field(default_factory=dict)
+
+    def ratio(self, endpoint: str) -> float:
+        if self.total_blocks <= 0:
+            return 0.0
+        return self.matches.get(endpoint, 0) / self.total_blocks
+
+
+_EMPTY = PrefixMatch(0, 0)
+
+
+def prefix_match(cycle: CycleState) -> PrefixMatch:
+    """The request's match data, or an empty match when no producer ran (scores 0)."""
+    value = cycle.get(PREFIX_MATCH_KEY)
+    return value if isinstance(value, PrefixMatch) else _EMPTY

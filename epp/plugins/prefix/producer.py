@@ -1,0 +1,143 @@
+"""``approx-prefix-cache-producer``: which endpoints likely hold this prompt's prefix.
+
+PrepareData hashes the prompt once (see ``hashing``) and matches it against the index,
+writing a ``PrefixMatch`` for scorers and filters. PreRequest records the request's
+blocks against the chosen endpoint (and the ``prefill`` profile's endpoint, if any), so
+later requests sharing the prefix find it. Recording is synchronous: the very next
+request already sees it (the Go EPP records asynchronously).
+
+Parameters (GIE names and defaults):
+
+- ``autoTune`` (true): take block size and per-endpoint capacity from the endpoint's
+  ``vllm:cache_config_info`` (``block_size``, ``num_gpu_blocks``) once scraped.
+- ``blockSizeTokens`` (16): tokens per block when not auto-tuned; > 0.
+- ``maxPrefixBlocksToMatch`` (256): longest prefix considered, in blocks; ≥ 0.
+- ``maxPrefixTokensToMatch`` (0 = unset): the same in tokens; overrides the above.
+- ``lruCapacityPerServer`` (31250): blocks remembered per endpoint without cache info.
+- ``blockSize``: deprecated and ignored (a warning at start-up), as in the Go EPP.
+
+Removed endpoints are purged from the index as soon as the pool drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import Gauge, Histogram
+
+from epp.datalayer.endpoint import Endpoint
+from epp.framework.params import require
+from epp.framework.plugin import BasePlugin, Handle
+from epp.framework.scheduling import CycleState, SchedulingResult
+from epp.plugins.prefix.hashing import CHARS_PER_TOKEN, hash_prompt
+from epp.plugins.prefix.index import PrefixIndex
+from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
+from epp.requests.types import InferenceRequest
+
+__all__ = ["ApproxPrefixCacheProducer", "PrefixProducerParams"]
+
+log = logging.getLogger(__name__)
+
+PREFILL_PROFILE = "prefill"
+_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_BYTES_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrefixProducerParams:
+    auto_tune: bool = True
+    block_size_tokens: int = 16
+    max_prefix_blocks_to_match: int = 256
+    max_prefix_tokens_to_match: int = 0
+    lru_capacity_per_server: int = 31250
+    block_size: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.block_size_tokens > 0, "block_size_tokens", "must be > 0", self.block_size_tokens)
+        require(self.max_prefix_blocks_to_match >= 0, "max_prefix_blocks_to_match", "must be >= 0",
+                self.max_prefix_blocks_to_match)
+        require(self.max_prefix_tokens_to_match >= 0, "max_prefix_tokens_to_match", "must be >= 0",
+                self.max_prefix_tokens_to_match)
+        require(self.lru_capacity_per_server > 0, "lru_capacity_per_server", "must be > 0",
+                self.lru_capacity_per_server)
+
+
+class ApproxPrefixCacheProducer(BasePlugin):
+    """Hashes prompts into blocks and tracks which endpoint holds which prefix."""
+
+    TYPE = "approx-prefix-cache-producer"
+    PARAMS = PrefixProducerParams
+    PRODUCES = frozenset({PREFIX_MATCH_KEY})
+    params: PrefixProducerParams
+
+    def __init__(self, name: str, params: PrefixProducerParams | None, handle: Handle) -> None:
+        super().__init__(name, params or PrefixProducerParams(), handle)
+        if self.params.block_size > 0:
+            log.warning("%s: blockSize is deprecated and ignored; use blockSizeTokens", self.typed_name)
+        self.index = PrefixIndex(self.params.lru_capacity_per_server)
+        self._state_key = f"{self.TYPE}/{name}"
+        handle.pool.add_listener(self)
+        self._hit_ratio: Histogram | None = None
+        self._hit_bytes: Histogram | None = None
+        if handle.metrics_registry is not None:
+            try:
+                size = Gauge("inference_extension_prefix_indexer_size", "Size of the prefix indexer.",
+                             registry=handle.metrics_registry)
+                size.set_function(lambda: len(self.index))
+                self._hit_ratio = Histogram(
+                    "inference_extension_prefix_indexer_hit_ratio",
+                    "Ratio of prefix length matched to total prefix length in the cache lookup.",
+                    buckets=_RATIO_BUCKETS, registry=handle.metrics_registry)
+                self._hit_bytes = Histogram(
+                    "inference_extension_prefix_indexer_hit_bytes",
+                    "Length of the prefix match in number of bytes in the cache lookup.",
+                    buckets=_BYTES_BUCKETS, registry=handle.metrics_registry)
+            except ValueError:  # a second producer instance: metrics belong to the first
+                log.warning("%s: prefix indexer metrics already registered by another instance", self.typed_name)
+
+    def block_size_tokens(self, endpoints: list[Endpoint]) -> int:
+        if self.params.auto_tune:
+            for ep in endpoints:
+                if ep.metrics.cache_block_size > 0:
+                    return ep.metrics.cache_block_size
+        return self.params.block_size_tokens
+
+    def max_blocks(self, block_size_tokens: int) -> int:
+        if self.params.max_prefix_tokens_to_match > 0:
+            return self.params.max_prefix_tokens_to_match // block_size_tokens
+        return self.params.max_prefix_blocks_to_match
+
+    async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
+        block_size = self.block_size_tokens(endpoints)
+        hashes = hash_prompt(request.prompt, request.target_model, request.cache_salt, block_size,
+                             self.max_blocks(block_size))
+        cycle[PREFIX_MATCH_KEY] = PrefixMatch(len(hashes), block_size, self.index.match(hashes) if hashes else {})
+        request.plugin_state[self._state_key] = hashes
+
+    def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
+        hashes = request.plugin_state.pop(self._state_key, None)
+        if not hashes:
+            return
+        primary = result.primary.endpoints[0]
+        targets = [primary]
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.endpoints and prefill.endpoints[0] is not primary:
+            targets.append(prefill.endpoints[0])
+        for endpoint in targets:
+            if self.params.auto_tune and endpoint.metrics.cache_num_blocks > 0 \
+                    and self.index.capacity(endpoint.name) != endpoint.metrics.cache_num_blocks:
+                self.index.set_capacity(endpoint.name, endpoint.metrics.cache_num_blocks)
+            self.index.record(endpoint.name, hashes)
+        match = cycle.get(PREFIX_MATCH_KEY)
+        if isinstance(match, PrefixMatch) and match.total_blocks and self._hit_ratio is not None:
+            matched = match.matches.get(primary.name, 0)
+            self._hit_ratio.observe(matched / match.total_blocks)
+            assert self._hit_bytes is not None
+            self._hit_bytes.observe(matched * match.block_size_tokens * CHARS_PER_TOKEN)
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        return None
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.index.remove_endpoint(endpoint.name)

@@ -1,0 +1,50 @@
+"""The in-tree plugin registry, built as a value (no import-time registration)."""
+
+from __future__ import annotations
+
+from epp.framework.registry import Registry
+from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
+from epp.plugins.datalayer.metrics_source import MetricsDataSource
+from epp.plugins.filters.load_imbalance import LoadImbalanceFilter
+from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer
+from epp.plugins.parsers.openai import OpenAIParser
+from epp.plugins.pickers.max_score import MaxScorePicker
+from epp.plugins.pickers.random_picker import RandomPicker
+from epp.plugins.pickers.weighted_random import WeightedRandomPicker
+from epp.plugins.prefix.affinity_filter import PrefixCacheAffinityFilter
+from epp.plugins.prefix.match import PREFIX_MATCH_KEY
+from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
+from epp.plugins.prefix.scorer import PrefixCacheScorer
+from epp.plugins.profile.single import SingleProfileHandler
+from epp.plugins.scorers.kv_cache import KVCacheUtilizationScorer
+from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
+from epp.plugins.scorers.queue import QueueScorer
+from epp.plugins.scorers.running_requests import RunningRequestsSizeScorer
+from epp.plugins.scorers.token_load import TokenLoadScorer
+
+__all__ = ["default_registry"]
+
+
+def default_registry() -> Registry:
+    registry = Registry()
+    for cls in (
+        SingleProfileHandler,
+        QueueScorer,
+        KVCacheUtilizationScorer,
+        RunningRequestsSizeScorer,
+        LoraAffinityScorer,
+        PrefixCacheScorer,
+        TokenLoadScorer,
+        PrefixCacheAffinityFilter,
+        LoadImbalanceFilter,
+        MaxScorePicker,
+        RandomPicker,
+        WeightedRandomPicker,
+        MetricsDataSource,
+        CoreMetricsExtractor,
+        OpenAIParser,
+    ):
+        registry.register(cls)
+    registry.register(ApproxPrefixCacheProducer, default_producer_for=(PREFIX_MATCH_KEY,))
+    registry.register(InFlightLoadProducer, default_producer_for=(INFLIGHT_LOAD_KEY,))
+    return registry

@@ -1,0 +1,54 @@
+"""Per-request state carried across one ext_proc stream."""
+
+from __future__ import annotations
+
+import time
+
+from epp.datalayer.endpoint import Endpoint
+from epp.framework.requestcontrol import ResponseInfo
+from epp.framework.scheduling import CycleState, SchedulingResult
+from epp.requests.types import InferenceRequest
+from epp.requests.usage import UsageScanner
+
+__all__ = ["RequestContext"]
+
+
+class RequestContext:
+    __slots__ = ("request_id", "received_at", "request", "endpoint", "cycle", "result", "response", "usage",
+                 "finished")
+
+    def __init__(self, request_id: str, received_at: float | None = None) -> None:
+        self.request_id = request_id
+        self.received_at = time.monotonic() if received_at is None else received_at
+        self.request: InferenceRequest | None = None
+        self.endpoint: Endpoint | None = None
+        self.cycle: CycleState | None = None
+        self.result: SchedulingResult | None = None
+        self.response = ResponseInfo()
+        self.usage: UsageScanner | None = None
+        self.finished = False
+
+    def scheduled(self, endpoint: Endpoint, cycle: CycleState, result: SchedulingResult) -> None:
+        self.endpoint = endpoint
+        self.cycle = cycle
+        self.result = result
+        self.response.endpoint = endpoint
+
+    def response_started(self, headers: dict[str, str]) -> None:
+        response = self.response
+        response.headers = headers
+        try:
+            response.status = int(headers.get(":status", "0"))
+        except ValueError:
+            response.status = 0
+        response.streaming = "text/event-stream" in headers.get("content-type", "")
+        self.usage = UsageScanner(response.streaming)
+
+    def chunk_seen(self, chunk: bytes) -> None:
+        response = self.response
+        if response.first_chunk_at is None:
+            response.first_chunk_at = time.monotonic()
+        response.body_bytes += len(chunk)
+        if self.usage is None:  # response headers were not sent to us (header mode SKIP)
+            self.usage = UsageScanner(streaming=chunk.startswith(b"data:"))
+        self.usage.feed(chunk)

@@ -1,0 +1,68 @@
+"""The typed request every part of the picker reads: parsed once, never re-parsed."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ApiKind", "InferenceRequest"]
+
+
+class ApiKind(enum.StrEnum):
+    """The OpenAI API a request targets, chosen from the request path."""
+
+    COMPLETIONS = "completions"
+    CHAT_COMPLETIONS = "chat_completions"
+    RESPONSES = "responses"
+    CONVERSATIONS = "conversations"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True, kw_only=True)
+class InferenceRequest:
+    """One inference request as the director and plugins see it.
+
+    Attributes:
+        request_id: ``x-request-id`` (generated when the client sent none).
+        api: which OpenAI API, from the path.
+        path: the ``:path`` header, without the query string.
+        model: the model name the client asked for.
+        target_model: the model name sent to the model server (after rewrite).
+        body: the parsed JSON object. Treat as read-only; the director re-serialises it
+            only when the model name changes.
+        raw_body: the body bytes as received.
+        stream: ``"stream": true`` in the body.
+        headers: request headers, lower-case names, pseudo-headers included.
+        fairness_id: ``x-gateway-inference-fairness-id`` (``default-flow`` when absent).
+        objective: ``x-gateway-inference-objective`` or ``None``.
+        priority: priority from the objective (0 when none).
+        cache_salt: the body's ``cache_salt`` (``""`` when absent); seeds prefix hashes.
+        prompt: what the model reads, as bytes, in the form the Go EPP hashes for prefix
+            matching (plain text for completions, JSON for structured inputs).
+        received_at: ``time.monotonic()`` when the request headers arrived.
+    """
+
+    request_id: str
+    api: ApiKind
+    path: str
+    model: str
+    target_model: str
+    body: dict[str, Any]
+    raw_body: bytes
+    stream: bool
+    headers: Mapping[str, str]
+    fairness_id: str = "default-flow"
+    objective: str | None = None
+    priority: int = 0
+    cache_salt: str = ""
+    prompt: bytes = b""
+    received_at: float = 0.0
+    # Per-request scratch space for request-lifecycle plugins (keyed by plugin name),
+    # e.g. the prefix hashes computed in PrepareData and recorded again in PreRequest.
+    plugin_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.raw_body)

@@ -1,0 +1,1 @@
+"""Running scheduling profiles: filters → weighted scorers → picker, per profile."""

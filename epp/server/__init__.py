@@ -1,0 +1,1 @@
+"""The ext_proc gRPC server, health, the admin HTTP server and ``epp serve``."""

@@ -1,0 +1,88 @@
+"""The admin HTTP server: ``/metrics``, ``/healthz``, ``/readyz`` and debug views.
+
+Debug views (JSON):
+
+- ``GET /debug/endpoints``: every endpoint with its latest metrics, readiness and scrape
+  health.
+- ``GET /debug/decisions``: the most recent routing decisions (``?limit=N``).
+- ``GET /debug/decisions/{request_id}``: why one request went where it went: candidates,
+  what each filter kept, each scorer's score per endpoint with its weight, the totals and
+  the pick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from epp.datalayer.collector import Collector
+from epp.datalayer.pool import EndpointPool
+from epp.metrics import PickerMetrics
+from epp.scheduling.trace import DecisionLog
+
+__all__ = ["build_admin_app"]
+
+
+def build_admin_app(
+    metrics: PickerMetrics,
+    pool: EndpointPool,
+    decisions: DecisionLog,
+    collector: Collector | None,
+    is_ready: Callable[[], bool],
+) -> web.Application:
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if is_ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def endpoints(_: web.Request) -> web.Response:
+        now = time.monotonic()
+        health = {h.name: h for h in collector.health()} if collector is not None else {}
+        out = []
+        for ep in pool.endpoints():
+            m = ep.metrics
+            h = health.get(ep.name)
+            out.append({
+                "name": ep.name, "address": ep.hostport, "ready": ep.ready, "labels": dict(ep.metadata.labels),
+                "metrics": {
+                    "waitingQueueSize": m.waiting_queue_size, "runningRequestsSize": m.running_requests_size,
+                    "kvCacheUsagePercent": m.kv_cache_usage_percent, "activeModels": sorted(m.active_models),
+                    "waitingModels": sorted(m.waiting_models), "maxActiveModels": m.max_active_models,
+                    "cacheBlockSize": m.cache_block_size, "cacheNumBlocks": m.cache_num_blocks,
+                    "ageSeconds": round(now - m.update_time, 3) if m.update_time else None,
+                },
+                "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error} if h else None,
+            })
+        return web.json_response({"pool": pool.name, "endpoints": out})
+
+    async def recent_decisions(request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        return web.json_response({"decisions": [t.as_dict() for t in decisions.recent(limit)]})
+
+    async def decision(request: web.Request) -> web.Response:
+        trace = decisions.get(request.match_info["request_id"])
+        if trace is None:
+            hint = "" if decisions.capacity else " (decision log disabled: --decision-log-size 0)"
+            return web.json_response({"error": f"no recent decision for this request id{hint}"}, status=404)
+        return web.json_response(trace.as_dict())
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/debug/endpoints", endpoints)
+    app.router.add_get("/debug/decisions", recent_decisions)
+    app.router.add_get("/debug/decisions/{request_id}", decision)
+    return app

@@ -1,0 +1,202 @@
+"""The ext_proc stream state machine: one gRPC stream is one HTTP request.
+
+Transport only: it decodes Envoy's messages, reassembles the request body, asks the
+director for a decision and encodes the answer. It supports Envoy's request body modes
+FULL_DUPLEX_STREAMED (the GIE default: the body arrives in chunks and must be sent back)
+and BUFFERED (the body arrives whole; the header mutation rides on the body response),
+learnt from ``protocol_config`` on the first message. Response bodies pass through chunk
+by chunk as they arrive, SSE included.
+
+Failure handling: a ``PickerError`` becomes an ImmediateResponse and ends the stream; any
+other exception becomes a 500 and a log line. When the stream ends for any reason
+(Envoy reset, client gone) the director's ``finish`` runs, so plugins release state.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.director import Director
+from epp.errors import BadRequest, InternalError, PayloadTooLarge, PickerError
+from epp.request_context import RequestContext
+from epp.server import messages
+
+__all__ = ["CONTROL_HEADERS", "ExtProcServicer", "SUBSET_KEY", "SUBSET_NAMESPACE"]
+
+log = logging.getLogger(__name__)
+
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+REQUEST_ID_HEADER = "x-request-id"
+# Protocol headers meant for the picker: stripped before the request reaches a model
+# server, and a client cannot pick its own destination by sending them.
+CONTROL_HEADERS = (
+    "x-gateway-inference-fairness-id",
+    "x-gateway-inference-objective",
+    "x-gateway-model-name-rewrite",
+    "x-gateway-destination-endpoint-subset",
+    "x-gateway-destination-endpoint-served",
+)
+_FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
+
+
+def _headers(message: pb.HttpHeaders) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in message.headers.headers:
+        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+    return out
+
+
+def _subset_hint(request: pb.ProcessingRequest) -> list[str] | None:
+    namespace = request.metadata_context.filter_metadata.get(SUBSET_NAMESPACE)
+    if namespace is None or SUBSET_KEY not in namespace.fields:
+        return None
+    value = namespace.fields[SUBSET_KEY]
+    if value.HasField("list_value"):
+        return [v.string_value for v in value.list_value.values if v.string_value]
+    return [part.strip() for part in value.string_value.split(",") if part.strip()]
+
+
+class _Stream:
+    """State of one ext_proc stream."""
+
+    __slots__ = ("director", "max_body", "request_full_duplex", "response_full_duplex", "headers", "chunks",
+                 "body_size", "ctx", "subset", "generated_id", "decided")
+
+    def __init__(self, director: Director, max_body: int) -> None:
+        self.director = director
+        self.max_body = max_body
+        self.request_full_duplex = True
+        self.response_full_duplex = True
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.body_size = 0
+        self.ctx: RequestContext | None = None
+        self.subset: list[str] | None = None
+        self.generated_id = False
+        self.decided = False
+
+    async def handle(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            if request.HasField("protocol_config"):
+                config = request.protocol_config
+                self.request_full_duplex = config.request_body_mode == _FULL_DUPLEX
+                self.response_full_duplex = config.response_body_mode == _FULL_DUPLEX
+            return self._request_headers(request)
+        if kind == "request_body":
+            body = request.request_body
+            return await self._request_body(body.body, body.end_of_stream)
+        if kind == "response_body":
+            return self._response_body(request.response_body.body, request.response_body.end_of_stream)
+        if kind == "response_headers":
+            return self._response_headers(request.response_headers)
+        if kind == "request_trailers":
+            responses = [] if self.decided else await self._request_body(b"", False, trailers=True)
+            return [*responses, messages.trailers_response(request=True)]
+        if kind == "response_trailers":
+            if self.ctx is not None:
+                self.director.finish(self.ctx, completed=True)
+            return [messages.trailers_response(request=False)]
+        raise BadRequest(f"unexpected ext_proc message {kind!r}")
+
+    def _request_headers(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        self.headers = _headers(request.request_headers)
+        self.subset = _subset_hint(request)
+        request_id = self.headers.get(REQUEST_ID_HEADER)
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            self.headers[REQUEST_ID_HEADER] = request_id
+            self.generated_id = True
+        self.ctx = RequestContext(request_id)
+        if request.request_headers.end_of_stream:
+            # No body to parse (e.g. GET /v1/models): any ready endpoint will do.
+            endpoint = self.director.random_endpoint(self.subset)
+            self.decided = True
+            return [messages.request_headers_response(endpoint.hostport, self._extra_headers(None), CONTROL_HEADERS)]
+        if not self.request_full_duplex:
+            return [messages.continue_request_headers()]
+        return []
+
+    def _extra_headers(self, new_body: bytes | None) -> list[tuple[str, str]]:
+        extra = []
+        if self.generated_id:
+            extra.append((REQUEST_ID_HEADER, self.headers[REQUEST_ID_HEADER]))
+        if new_body is not None:
+            extra.append(("content-length", str(len(new_body))))
+        return extra
+
+    async def _request_body(self, chunk: bytes, end_of_stream: bool, trailers: bool = False
+                            ) -> list[pb.ProcessingResponse]:
+        if self.decided:
+            raise BadRequest("request body after the request was routed")
+        if chunk:
+            self.body_size += len(chunk)
+            if self.body_size > self.max_body:
+                raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
+            self.chunks.append(chunk)
+        if not (end_of_stream or trailers):
+            if not self.request_full_duplex:  # STREAMED mode: acknowledge each chunk
+                return [messages.continue_request_body()]
+            return []
+        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        assert self.ctx is not None
+        decision = await self.director.handle_request(self.ctx, self.headers, body, self.subset)
+        self.decided = True
+        extra = self._extra_headers(decision.body)
+        if not self.request_full_duplex:
+            return [messages.buffered_request_body_response(decision.destination, extra, CONTROL_HEADERS,
+                                                            decision.body)]
+        forward = decision.body if decision.body is not None else body
+        return [messages.request_headers_response(decision.destination, extra, CONTROL_HEADERS),
+                *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
+
+    def _response_headers(self, message: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+        if self.ctx is not None:
+            self.director.response_headers(self.ctx, _headers(message))
+            if message.end_of_stream:
+                self.director.finish(self.ctx, completed=True)
+        return [messages.continue_response_headers()]
+
+    def _response_body(self, chunk: bytes, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+        forward = self.director.response_chunk(self.ctx, chunk, end_of_stream) if self.ctx is not None else chunk
+        if self.response_full_duplex:
+            return messages.streamed_body(forward, end_of_stream, request=False)
+        return [messages.continue_response_body(forward if forward is not chunk else None)]
+
+
+class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, director: Director, max_request_body: int = 64 * 1024 * 1024) -> None:
+        self.director = director
+        self.max_request_body = max_request_body
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        stream = _Stream(self.director, self.max_request_body)
+        error: PickerError | None = None
+        try:
+            async for request in request_iterator:
+                try:
+                    responses = await stream.handle(request)
+                except PickerError as exc:
+                    error = exc
+                except Exception as exc:  # noqa: BLE001 - one request's bug must not kill the server
+                    log.exception("request %s failed", stream.ctx.request_id if stream.ctx else "?")
+                    error = InternalError(f"internal error: {type(exc).__name__}")
+                if error is not None:
+                    yield messages.immediate_response(error)
+                    return
+                for response in responses:
+                    yield response
+        finally:
+            if stream.ctx is not None:
+                self.director.finish(stream.ctx, error=error)
