@@ -1,0 +1,215 @@
+"""Act as Envoy on an ext_proc stream: send a scripted request/response, collect the answers.
+
+``ExtProcClient.exchange`` opens one gRPC stream (one HTTP request), sends request headers,
+body chunks, and optionally response headers and body chunks, the way Envoy does in
+FULL_DUPLEX_STREAMED (or BUFFERED) mode, and returns every ``ProcessingResponse`` with
+helpers to read the destination, mutations and immediate responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
+
+__all__ = ["ExtProcClient", "StreamResult"]
+
+_FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
+_BUFFERED = modes.ProcessingMode.BUFFERED
+
+
+@dataclass
+class StreamResult:
+    responses: list[pb.ProcessingResponse] = field(default_factory=list)
+
+    @property
+    def immediate(self) -> pb.ImmediateResponse | None:
+        for r in self.responses:
+            if r.HasField("immediate_response"):
+                return r.immediate_response
+        return None
+
+    @property
+    def status(self) -> int | None:
+        imm = self.immediate
+        return None if imm is None else int(imm.status.code)
+
+    def _header_mutation(self) -> pb.HeaderMutation | None:
+        for r in self.responses:
+            if r.HasField("request_headers") and r.request_headers.response.HasField("header_mutation"):
+                return r.request_headers.response.header_mutation
+            if r.HasField("request_body") and r.request_body.response.HasField("header_mutation"):
+                return r.request_body.response.header_mutation
+        return None
+
+    @property
+    def set_headers(self) -> dict[str, str]:
+        mutation = self._header_mutation()
+        if mutation is None:
+            return {}
+        return {h.header.key: (h.header.raw_value.decode() or h.header.value) for h in mutation.set_headers}
+
+    @property
+    def removed_headers(self) -> list[str]:
+        mutation = self._header_mutation()
+        return [] if mutation is None else list(mutation.remove_headers)
+
+    @property
+    def destination(self) -> str | None:
+        return self.set_headers.get("x-gateway-destination-endpoint")
+
+    @property
+    def metadata_destination(self) -> str | None:
+        for r in self.responses:
+            lb = r.dynamic_metadata.fields.get("envoy.lb")
+            if lb is not None:
+                return lb.struct_value.fields["x-gateway-destination-endpoint"].string_value
+        return None
+
+    def bodies(self, request: bool) -> list[pb.StreamedBodyResponse]:
+        name = "request_body" if request else "response_body"
+        return [getattr(r, name).response.body_mutation.streamed_response for r in self.responses
+                if r.HasField(name) and getattr(r, name).response.body_mutation.HasField("streamed_response")]
+
+    def body(self, request: bool) -> bytes:
+        return b"".join(chunk.body for chunk in self.bodies(request))
+
+
+def _headers(headers: Mapping[str, str], end_of_stream: bool) -> pb.HttpHeaders:
+    return pb.HttpHeaders(
+        headers=core.HeaderMap(headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]),
+        end_of_stream=end_of_stream)
+
+
+class ExtProcClient:
+    """A gRPC client that plays Envoy's part of the ext_proc protocol."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = pb_grpc.ExternalProcessorStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> ExtProcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def exchange(
+        self,
+        body: bytes | None,
+        *,
+        path: str = "/v1/completions",
+        headers: Mapping[str, str] | None = None,
+        chunks: int = 1,
+        buffered: bool = False,
+        subset: Sequence[str] | None = None,
+        response_headers: Mapping[str, str] | None = None,
+        response_chunks: Sequence[bytes] = (),
+        request_trailers: bool = False,
+        abort_after_request: bool = False,
+        timeout: float = 10.0,
+    ) -> StreamResult:
+        """Run one request through the picker; ``body=None`` sends a headers-only request."""
+        all_headers = {":method": "POST" if body is not None else "GET", ":path": path, ":authority": "gateway",
+                       "content-type": "application/json", **(headers or {})}
+        mode = _BUFFERED if buffered else _FULL_DUPLEX
+        first = pb.ProcessingRequest(request_headers=_headers(all_headers, body is None),
+                                     protocol_config=pb.ProtocolConfiguration(request_body_mode=mode,
+                                                                              response_body_mode=mode))
+        if subset is not None:
+            hint = struct_pb2.Struct()
+            hint.fields["x-gateway-destination-endpoint-subset"].list_value.extend(list(subset))
+            first.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(hint)
+        result = StreamResult()
+        call = self.stub.Process()
+        changed = asyncio.Event()
+        finished = asyncio.Event()
+
+        async def reader() -> None:
+            # Read concurrently with writing, as Envoy does, so an early immediate
+            # response is seen even while request chunks are still being sent.
+            try:
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    result.responses.append(response)
+                    changed.set()
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass
+            finally:
+                finished.set()
+                changed.set()
+
+        reading = asyncio.create_task(reader())
+        seen = 0
+
+        async def read_until(predicate: object, deadline: float) -> None:
+            nonlocal seen
+            while True:
+                while seen < len(result.responses):
+                    response = result.responses[seen]
+                    seen += 1
+                    if response.HasField("immediate_response") or predicate(response):  # type: ignore[operator]
+                        return
+                if finished.is_set():
+                    return
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), max(0.01, deadline - asyncio.get_running_loop().time()))
+
+        async def write(message: pb.ProcessingRequest) -> bool:
+            try:
+                await call.write(message)
+                return True
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await asyncio.wait_for(finished.wait(), timeout)  # the picker ended the stream early
+                return False
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        await write(first)
+        if body is None:
+            await read_until(lambda r: r.HasField("request_headers"), deadline)
+        else:
+            if buffered:
+                await read_until(lambda r: r.HasField("request_headers"), deadline)
+                if result.immediate is None:
+                    await write(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
+                    await read_until(lambda r: r.HasField("request_body"), deadline)
+            else:
+                size = max(1, -(-len(body) // chunks))
+                pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1 and not request_trailers
+                    if not await write(pb.ProcessingRequest(request_body=pb.HttpBody(body=piece, end_of_stream=last))):
+                        break
+                if request_trailers and result.immediate is None:
+                    await write(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
+                    await read_until(lambda r: r.HasField("request_trailers"), deadline)
+                else:
+                    await read_until(lambda r: r.HasField("request_body")
+                                     and r.request_body.response.body_mutation.streamed_response.end_of_stream,
+                                     deadline)
+        if result.immediate is not None or abort_after_request:
+            call.cancel()
+            await reading
+            return result
+        if response_headers is not None:
+            await write(pb.ProcessingRequest(response_headers=_headers({":status": "200", **response_headers},
+                                                                        not response_chunks)))
+            await read_until(lambda r: r.HasField("response_headers"), deadline)
+            for i, chunk in enumerate(response_chunks):
+                last = i == len(response_chunks) - 1
+                await write(pb.ProcessingRequest(response_body=pb.HttpBody(body=chunk, end_of_stream=last)))
+                await read_until(lambda r: r.HasField("response_body"), deadline)
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.done_writing()
+        await asyncio.wait_for(reading, max(0.01, deadline - asyncio.get_running_loop().time()))
+        return result
