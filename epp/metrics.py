@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,8 @@ def _per_model(what: str) -> str:
 
 class PickerMetrics:
     def __init__(self, pool: EndpointPool | None = None, registry: CollectorRegistry | None = None) -> None:
+        # The Go EPP exposes no *_created series; dashboards and tests written for it expect none.
+        disable_created_metrics()
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = _MODEL) -> Histogram:

@@ -56,9 +56,9 @@ class SchedulerProfile:
         self.filters = tuple(filters)
         self.scorers = tuple(scorers)
         self.picker = picker
-        self._filters = [(f, _name(f), observer("Filter", _name(f))) for f in self.filters]
+        self._filters = [(f, str(_name(f)), observer("Filter", _name(f))) for f in self.filters]
         self._scorers = [
-            (ws.scorer, ws.weight, _name(ws.scorer), observer("Scorer", _name(ws.scorer))) for ws in self.scorers
+            (ws.scorer, ws.weight, str(_name(ws.scorer)), observer("Scorer", _name(ws.scorer))) for ws in self.scorers
         ]
         self._picker_observe = observer("Picker", _name(picker))
 

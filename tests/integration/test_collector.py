@@ -1,0 +1,126 @@
+"""The background collector against simulated vLLM servers (in-process, ephemeral ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from epp.server.app import PickerServer
+from epp.sim import FaultMode, SimConfig, SimServer
+
+PickerFactory = Callable[..., Awaitable[PickerServer]]
+
+SCRAPING_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+"""
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[list[SimServer]]:
+    servers = [SimServer(SimConfig(port=0, max_num_seqs=2, time_scale=0.05, seed=i)) for i in range(2)]
+    for server in servers:
+        await server.start()
+    yield servers
+    for server in servers:
+        await server.stop()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def scraping_picker(start_picker: PickerFactory, sims: list[SimServer]) -> PickerServer:
+    endpoints = ",".join(f"127.0.0.1:{s.port}" for s in sims)
+    return await start_picker(endpoints=endpoints, config=SCRAPING_CONFIG, refresh_metrics_interval=0.02,
+                              scrape_timeout=0.3)
+
+
+async def test_scrapes_hydrate_endpoint_metrics(start_picker: PickerFactory, sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    first = server.pool.endpoints()[0]
+    await eventually(lambda: first.metrics.update_time > 0)
+    assert first.metrics.cache_block_size == 16
+    assert first.metrics.cache_num_blocks == sims[0].config.num_gpu_blocks
+    assert first.metrics.waiting_queue_size == 0
+
+
+async def test_load_on_a_server_shows_up_as_queue_and_running(start_picker: PickerFactory,
+                                                               sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    busy = server.pool.endpoints()[0]
+    body = {"model": sims[0].config.model, "prompt": "tell me a long story", "max_tokens": 400}
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(session.post(f"{sims[0].url}/v1/completions", json=body)) for _ in range(5)]
+        await eventually(lambda: busy.metrics.running_requests_size == 2 and busy.metrics.waiting_queue_size == 3)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_server_that_stops_answering_keeps_old_metrics_and_becomes_unready(
+        start_picker: PickerFactory, sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    victim = server.pool.endpoints()[1]
+    await eventually(lambda: victim.metrics.update_time > 0)
+    await sims[1].set_fault(FaultMode.DOWN)
+    await eventually(lambda: not victim.ready)
+    frozen = victim.metrics.update_time
+    assert [ep.name for ep in server.pool.ready_endpoints()] == [server.pool.endpoints()[0].name]
+    await asyncio.sleep(0.1)
+    assert victim.metrics.update_time == frozen  # failed scrapes never touch the values
+    health = {h.name: h for h in server.collector.health()}  # type: ignore[union-attr]
+    assert health[victim.name].consecutive_failures >= 3
+    await sims[1].set_fault(FaultMode.OK)
+    await eventually(lambda: victim.ready)
+    assert victim.metrics.update_time > frozen
+
+
+async def test_a_hung_server_times_out_and_becomes_unready(start_picker: PickerFactory,
+                                                           sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    victim = server.pool.endpoints()[0]
+    await eventually(lambda: victim.metrics.update_time > 0)
+    await sims[0].set_fault(FaultMode.HANG)
+    await eventually(lambda: not victim.ready, timeout=5)
+    await sims[0].set_fault(FaultMode.OK)
+    await eventually(lambda: victim.ready, timeout=5)
+
+
+async def test_admin_metrics_use_the_go_epp_names(start_picker: PickerFactory, sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    await eventually(lambda: all(ep.metrics.update_time > 0 for ep in server.pool.endpoints()))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
+            text = await response.text()
+        async with session.get(f"http://127.0.0.1:{server.metrics_port}/debug/endpoints") as response:
+            endpoints = await response.json()
+    assert 'inference_pool_ready_pods{name="default"} 2.0' in text
+    assert "inference_pool_average_kv_cache_utilization" in text
+    assert "inference_pool_per_pod_queue_size" in text
+    assert "inference_extension_info" in text
+    assert [e["metrics"]["cacheBlockSize"] for e in endpoints["endpoints"]] == [16, 16]
+
+
+async def test_removed_endpoint_stops_being_scraped(start_picker: PickerFactory, sims: list[SimServer]) -> None:
+    server = await scraping_picker(start_picker, sims)
+    await eventually(lambda: len(server.collector.health()) == 2)  # type: ignore[union-attr]
+    kept = server.pool.endpoints()[0].metadata
+    server.pool.replace_all([kept])
+    assert [h.name for h in server.collector.health()] == [kept.name]  # type: ignore[union-attr]
