@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp import __version__
 from epp.datalayer.pool import EndpointPool
 from epp.framework.plugin import TypedName
+from epp.metricfamilies import CounterFamily, GaugeFamily, HistogramFamily
 
 __all__ = ["PickerMetrics"]
 
@@ -82,17 +83,18 @@ class PickerMetrics:
         disable_created_metrics()
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = _MODEL) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...],
+                      labels: tuple[str, ...] = _MODEL) -> HistogramFamily:
+            return HistogramFamily(name, doc, labels, buckets, r)
 
-        self.request_total = Counter(
+        self.request_total = CounterFamily(
             "inference_objective_request_total",
             "Counter of inference objective requests broken out for each model and target model.",
-            [*_MODEL, "priority"], registry=r)
-        self.request_error_total = Counter(
+            [*_MODEL, "priority"], r)
+        self.request_error_total = CounterFamily(
             "inference_objective_request_error_total",
             "Counter of inference objective requests errors broken out for each model and target model.",
-            [*_MODEL, "error_code"], registry=r)
+            [*_MODEL, "error_code"], r)
         self.request_duration = histogram("inference_objective_request_duration_seconds",
                                           _per_model("response latency distribution in seconds"), _LATENCY_BUCKETS)
         self.request_sizes = histogram("inference_objective_request_sizes",
@@ -112,22 +114,23 @@ class PickerMetrics:
         self.normalized_tpot = histogram(
             "inference_objective_normalized_time_per_output_token_seconds",
             _per_model("latency divided by number of output tokens in seconds"), _TPOT_BUCKETS)
-        self.running_requests = Gauge("inference_objective_running_requests",
-                                      "Inference objective number of running requests in each model.",
-                                      ["model_name"], registry=r)
-        self.scheduler_duration = Histogram("inference_extension_scheduler_e2e_duration_seconds",
+        self.running_requests = GaugeFamily("inference_objective_running_requests",
+                                            "Inference objective number of running requests in each model.",
+                                            ["model_name"], r)
+        self.scheduler_duration = histogram("inference_extension_scheduler_e2e_duration_seconds",
                                             "End-to-end scheduling latency distribution in seconds.",
-                                            buckets=_SCHEDULER_BUCKETS, registry=r)
-        self.scheduler_attempts = Counter("inference_extension_scheduler_attempts_total",
-                                          "Total number of scheduling attempts.",
-                                          ["status", "target_model_name", "pod_name", "namespace", "port"], registry=r)
+                                            _SCHEDULER_BUCKETS, ())
+        self.scheduler_attempts = CounterFamily("inference_extension_scheduler_attempts_total",
+                                                "Total number of scheduling attempts.",
+                                                ["status", "target_model_name", "pod_name", "namespace", "port"], r)
         self.plugin_duration = histogram(
             "inference_extension_plugin_duration_seconds",
             "Plugin processing latency distribution in seconds for each extension point, plugin type and plugin name.",
             _SCHEDULER_BUCKETS, ("extension_point", "plugin_type", "plugin_name"))
-        info = Gauge("inference_extension_info", "General information of the current build of Inference Extension.",
-                     ["commit", "build_ref"], registry=r)
-        info.labels(commit="unknown", build_ref=f"epp-python-{__version__}").set(1)
+        info = GaugeFamily("inference_extension_info",
+                           "General information of the current build of Inference Extension.",
+                           ["commit", "build_ref"], r)
+        info.labels("unknown", f"epp-python-{__version__}").set(1)
         if pool is not None:
             r.register(_PoolCollector(pool))
 

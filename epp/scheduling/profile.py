@@ -95,6 +95,7 @@ class SchedulerProfile:
         self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint], trace: DecisionTrace | None
     ) -> list[ScoredEndpoint]:
         totals = [0.0] * len(endpoints)
+        names = [ep.name for ep in endpoints] if trace is not None else []
         for scorer, weight, name, observe in self._scorers:
             start = perf_counter()
             scores = scorer.score(cycle, request, endpoints)
@@ -105,7 +106,7 @@ class SchedulerProfile:
             for i, s in enumerate(clamped):
                 totals[i] += s * weight
             if trace is not None:
-                trace.scored(self.name, name, weight, {ep.name: s for ep, s in zip(endpoints, clamped, strict=True)})
+                trace.scored(self.name, name, weight, names, clamped)
         return [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
 
 

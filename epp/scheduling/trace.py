@@ -35,29 +35,26 @@ class DecisionTrace:
     def filtered(self, profile: str, plugin: str, kept: list[str]) -> None:
         self._profile(profile)["filters"].append({"plugin": plugin, "kept": kept})
 
-    def scored(self, profile: str, plugin: str, weight: float, scores: dict[str, float]) -> None:
-        self._profile(profile)["scorers"].append({"plugin": plugin, "weight": weight, "scores": scores})
+    def scored(self, profile: str, plugin: str, weight: float, endpoints: list[str], scores: list[float]) -> None:
+        # Kept as two lists; the per-endpoint mapping is built only when someone reads it.
+        self._profile(profile)["scorers"].append((plugin, weight, endpoints, scores))
 
     def picked(self, profile: str, endpoints: list[str]) -> None:
         self._profile(profile)["picked"] = endpoints
 
     def as_dict(self) -> dict[str, Any]:
-        totals: dict[str, dict[str, float]] = {}
+        profiles = {}
         for name, entry in self.profiles.items():
-            total: dict[str, float] = {}
-            for scorer in entry["scorers"]:
+            scorers = [{"plugin": plugin, "weight": weight, "scores": dict(zip(endpoints, scores, strict=True))}
+                       for plugin, weight, endpoints, scores in entry["scorers"]]
+            totals: dict[str, float] = {}
+            for scorer in scorers:
                 for ep, score in scorer["scores"].items():
-                    total[ep] = total.get(ep, 0.0) + score * scorer["weight"]
-            totals[name] = total
-        return {
-            "requestId": self.request_id,
-            "model": self.model,
-            "candidates": self.candidates,
-            "profiles": {
-                name: {**entry, "totals": totals[name]} for name, entry in self.profiles.items()
-            },
-            "destination": self.destination,
-        }
+                    totals[ep] = totals.get(ep, 0.0) + score * scorer["weight"]
+            profiles[name] = {"filters": entry["filters"], "scorers": scorers, "picked": entry["picked"],
+                              "totals": totals}
+        return {"requestId": self.request_id, "model": self.model, "candidates": self.candidates,
+                "profiles": profiles, "destination": self.destination}
 
 
 class DecisionLog:

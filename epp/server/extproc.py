@@ -68,7 +68,7 @@ class _Stream:
     """State of one ext_proc stream."""
 
     __slots__ = ("director", "max_body", "request_full_duplex", "response_full_duplex", "headers", "chunks",
-                 "body_size", "ctx", "subset", "generated_id", "decided")
+                 "body_size", "ctx", "subset", "generated_id", "decided", "pending")
 
     def __init__(self, director: Director, max_body: int) -> None:
         self.director = director
@@ -82,8 +82,11 @@ class _Stream:
         self.subset: list[str] | None = None
         self.generated_id = False
         self.decided = False
+        # Set when the request body is complete: the caller then awaits ``decide()``.
+        # Every other message is answered synchronously, without a coroutine per message.
+        self.pending: str | None = None
 
-    async def handle(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def handle(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             if request.HasField("protocol_config"):
@@ -93,14 +96,15 @@ class _Stream:
             return self._request_headers(request)
         if kind == "request_body":
             body = request.request_body
-            return await self._request_body(body.body, body.end_of_stream)
+            return self._request_body(body.body, body.end_of_stream)
         if kind == "response_body":
             return self._response_body(request.response_body.body, request.response_body.end_of_stream)
         if kind == "response_headers":
             return self._response_headers(request.response_headers)
         if kind == "request_trailers":
-            responses = [] if self.decided else await self._request_body(b"", False, trailers=True)
-            return [*responses, messages.trailers_response(request=True)]
+            if self.decided:
+                return [messages.trailers_response(request=True)]
+            return self._request_body(b"", False, trailers=True)
         if kind == "response_trailers":
             if self.ctx is not None:
                 self.director.finish(self.ctx, completed=True)
@@ -120,10 +124,15 @@ class _Stream:
             # No body to parse (e.g. GET /v1/models): any ready endpoint will do.
             endpoint = self.director.random_endpoint(self.subset)
             self.decided = True
-            return [messages.request_headers_response(endpoint.hostport, self._extra_headers(None), CONTROL_HEADERS)]
+            return [messages.request_headers_response(endpoint.hostport, self._extra_headers(None),
+                                                      self._control_headers())]
         if not self.request_full_duplex:
             return [messages.continue_request_headers()]
         return []
+
+    def _control_headers(self) -> list[str]:
+        # Only those present: every removal is work for Envoy on every request.
+        return [name for name in CONTROL_HEADERS if name in self.headers]
 
     def _extra_headers(self, new_body: bytes | None) -> list[tuple[str, str]]:
         extra = []
@@ -133,19 +142,26 @@ class _Stream:
             extra.append(("content-length", str(len(new_body))))
         return extra
 
-    async def _request_body(self, chunk: bytes, end_of_stream: bool, trailers: bool = False
-                            ) -> list[pb.ProcessingResponse]:
-        if self.decided:
+    def _request_body(self, chunk: bytes, end_of_stream: bool, trailers: bool = False
+                      ) -> list[pb.ProcessingResponse]:
+        if self.decided or self.pending:
             raise BadRequest("request body after the request was routed")
         if chunk:
             self.body_size += len(chunk)
             if self.body_size > self.max_body:
                 raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
             self.chunks.append(chunk)
-        if not (end_of_stream or trailers):
-            if not self.request_full_duplex:  # STREAMED mode: acknowledge each chunk
-                return [messages.continue_request_body()]
+        if end_of_stream or trailers:
+            self.pending = "trailers" if trailers else "body"
             return []
+        if not self.request_full_duplex:  # STREAMED mode: acknowledge each chunk
+            return [messages.continue_request_body()]
+        return []
+
+    async def decide(self) -> list[pb.ProcessingResponse]:
+        """Route the complete request; answers with the destination and the body to send on."""
+        trailers = self.pending == "trailers"
+        self.pending = None
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         assert self.ctx is not None
@@ -153,11 +169,14 @@ class _Stream:
         self.decided = True
         extra = self._extra_headers(decision.body)
         if not self.request_full_duplex:
-            return [messages.buffered_request_body_response(decision.destination, extra, CONTROL_HEADERS,
+            return [messages.buffered_request_body_response(decision.destination, extra, self._control_headers(),
                                                             decision.body)]
         forward = decision.body if decision.body is not None else body
-        return [messages.request_headers_response(decision.destination, extra, CONTROL_HEADERS),
-                *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
+        responses = [messages.request_headers_response(decision.destination, extra, self._control_headers()),
+                     *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
+        if trailers:
+            responses.append(messages.trailers_response(request=True))
+        return responses
 
     def _response_headers(self, message: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         if self.ctx is not None:
@@ -186,7 +205,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         try:
             async for request in request_iterator:
                 try:
-                    responses = await stream.handle(request)
+                    responses = stream.handle(request)
+                    if stream.pending:
+                        responses = await stream.decide()
                 except PickerError as exc:
                     error = exc
                 except Exception as exc:  # noqa: BLE001 - one request's bug must not kill the server

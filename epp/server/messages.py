@@ -16,8 +16,6 @@ from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 
 from epp.errors import PickerError
 
@@ -42,58 +40,72 @@ BODY_CHUNK_LIMIT = 62_000
 _OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def _header(key: str, value: str) -> core.HeaderValueOption:
-    return core.HeaderValueOption(header=core.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE)
+# Messages are built by setting fields along attribute paths: with upb this measured about
+# 4x faster than nesting keyword constructors (0.6 µs against 2.3 µs for a body chunk).
 
 
-def _mutation(set_headers: Iterable[tuple[str, str]], remove: Iterable[str]) -> pb.HeaderMutation:
-    return pb.HeaderMutation(set_headers=[_header(k, v) for k, v in set_headers], remove_headers=list(remove))
+def _fill_mutation(mutation: pb.HeaderMutation, set_headers: Iterable[tuple[str, str]], remove: Iterable[str]) -> None:
+    for key, value in set_headers:
+        option = mutation.set_headers.add()
+        option.header.key = key
+        option.header.raw_value = value.encode()
+        option.append_action = _OVERWRITE
+    mutation.remove_headers.extend(remove)
 
 
-def _destination_metadata(destination: str) -> struct_pb2.Struct:
-    metadata = struct_pb2.Struct()
-    metadata.fields[DESTINATION_NAMESPACE].struct_value.fields[DESTINATION_HEADER].string_value = destination
-    return metadata
+def _fill_destination(response: pb.ProcessingResponse, destination: str) -> None:
+    fields = response.dynamic_metadata.fields[DESTINATION_NAMESPACE].struct_value.fields
+    fields[DESTINATION_HEADER].string_value = destination
 
 
 def request_headers_response(destination: str, set_headers: list[tuple[str, str]], remove: Iterable[str]
                              ) -> pb.ProcessingResponse:
-    common = pb.CommonResponse(clear_route_cache=True,
-                               header_mutation=_mutation([(DESTINATION_HEADER, destination), *set_headers], remove))
-    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common),
-                                 dynamic_metadata=_destination_metadata(destination))
+    response = pb.ProcessingResponse()
+    common = response.request_headers.response
+    common.clear_route_cache = True
+    _fill_mutation(common.header_mutation, [(DESTINATION_HEADER, destination), *set_headers], remove)
+    _fill_destination(response, destination)
+    return response
 
 
 def buffered_request_body_response(destination: str, set_headers: list[tuple[str, str]], remove: Iterable[str],
                                    body: bytes | None) -> pb.ProcessingResponse:
     """BUFFERED mode: headers are still held by Envoy, so the mutation rides on the body response."""
-    common = pb.CommonResponse(clear_route_cache=True,
-                               header_mutation=_mutation([(DESTINATION_HEADER, destination), *set_headers], remove))
+    response = pb.ProcessingResponse()
+    common = response.request_body.response
+    common.clear_route_cache = True
+    _fill_mutation(common.header_mutation, [(DESTINATION_HEADER, destination), *set_headers], remove)
     if body is not None:
         common.body_mutation.body = body
-    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common),
-                                 dynamic_metadata=_destination_metadata(destination))
+    _fill_destination(response, destination)
+    return response
+
+
+def _streamed_chunk(chunk: bytes, end_of_stream: bool, request: bool) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    body = response.request_body if request else response.response_body
+    streamed = body.response.body_mutation.streamed_response
+    streamed.body = chunk
+    streamed.end_of_stream = end_of_stream
+    return response
 
 
 def streamed_body(body: bytes, end_of_stream: bool, request: bool) -> list[pb.ProcessingResponse]:
     """FULL_DUPLEX_STREAMED body, split into chunks Envoy accepts."""
-    field = "request_body" if request else "response_body"
     if len(body) <= BODY_CHUNK_LIMIT:
-        chunks = [body]
-    else:
-        chunks = [body[i : i + BODY_CHUNK_LIMIT] for i in range(0, len(body), BODY_CHUNK_LIMIT)]
-    last = len(chunks) - 1
-    return [
-        pb.ProcessingResponse(**{field: pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(
-            streamed_response=pb.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream and i == last))))})
-        for i, chunk in enumerate(chunks)
-    ]
+        return [_streamed_chunk(body, end_of_stream, request)]
+    starts = range(0, len(body), BODY_CHUNK_LIMIT)
+    last = starts[-1]
+    return [_streamed_chunk(body[i : i + BODY_CHUNK_LIMIT], end_of_stream and i == last, request) for i in starts]
 
 
 def immediate_response(error: PickerError) -> pb.ProcessingResponse:
-    headers = pb.HeaderMutation(set_headers=[_header("content-type", "text/plain; charset=utf-8")])
-    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=error.status_code), headers=headers, body=error.body.encode()))
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = error.status_code  # type: ignore[assignment]
+    _fill_mutation(immediate.headers, [("content-type", "text/plain; charset=utf-8")], ())
+    immediate.body = error.body.encode()
+    return response
 
 
 # Constant "continue unchanged" answers, shared by every stream (never mutated).

@@ -71,9 +71,9 @@ class _Engine:
         self.block_size = spec("cache_block_size_spec")
         self.num_blocks = spec("cache_num_blocks_spec")
 
-    def specs(self) -> list[MetricSpec]:
-        return [s for s in (self.queued, self.running, self.kv, self.lora, self.cache_info,
-                            self.block_size, self.num_blocks) if s is not None]
+        # Only this engine's series are looked for on its endpoints' pages.
+        self.series = frozenset(s.series for s in (self.queued, self.running, self.kv, self.lora, self.cache_info,
+                                                   self.block_size, self.num_blocks) if s is not None)
 
 
 def _matching(data: ScrapedSeries, spec: MetricSpec) -> list[Sample]:
@@ -110,8 +110,8 @@ class CoreMetricsExtractor(BasePlugin):
     def input_type(self) -> type:
         return ScrapedSeries
 
-    def wanted_series(self) -> frozenset[str]:
-        return frozenset(spec.series for engine in self._engines.values() for spec in engine.specs())
+    def wanted_series(self, endpoint: Endpoint) -> frozenset[str]:
+        return self.engine_for(endpoint).series
 
     def engine_for(self, endpoint: Endpoint) -> _Engine:
         name = endpoint.metadata.labels.get(self.params.engine_label_key)

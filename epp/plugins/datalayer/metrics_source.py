@@ -30,7 +30,9 @@ class ScrapedSeries(dict[str, list[Sample]]):
 
 @runtime_checkable
 class SeriesConsumer(Protocol):
-    def wanted_series(self) -> frozenset[str]: ...
+    def wanted_series(self, endpoint: Endpoint) -> frozenset[str]:
+        """Series this extractor reads for ``endpoint`` (e.g. only its engine's names)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,18 +58,20 @@ class MetricsDataSource(BasePlugin):
 
     def __init__(self, name: str, params: MetricsSourceParams | None, handle: Handle) -> None:
         super().__init__(name, params or MetricsSourceParams(), handle)
-        self._wanted: frozenset[str] = frozenset()
+        self._consumers: list[SeriesConsumer] = []
         self._session: aiohttp.ClientSession | None = None
 
     def output_type(self) -> type:
         return ScrapedSeries
 
     def bind_extractors(self, extractors: list[Extractor]) -> None:
-        wanted: set[str] = set()
-        for extractor in extractors:
-            if isinstance(extractor, SeriesConsumer):
-                wanted |= extractor.wanted_series()
-        self._wanted = frozenset(wanted)
+        self._consumers = [e for e in extractors if isinstance(e, SeriesConsumer)]
+
+    def wanted_series(self, endpoint: Endpoint) -> frozenset[str]:
+        wanted: frozenset[str] = frozenset()
+        for consumer in self._consumers:
+            wanted |= consumer.wanted_series(endpoint)
+        return wanted
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: constructors must not need a running loop.
@@ -91,7 +95,7 @@ class MetricsDataSource(BasePlugin):
         except aiohttp.ClientError as exc:
             raise ScrapeError(f"GET {self.url(endpoint)}: {exc}") from exc
         try:
-            return ScrapedSeries(parse_series(payload.decode("utf-8", "replace"), self._wanted))
+            return ScrapedSeries(parse_series(payload.decode("utf-8", "replace"), self.wanted_series(endpoint)))
         except ValueError as exc:
             raise ScrapeError(f"{self.url(endpoint)}: malformed metrics: {exc}") from exc
 
