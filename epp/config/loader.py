@@ -81,16 +81,30 @@ class _Builder:
     def instantiate(self) -> None:
         for entry in self.doc.plugins:
             self.add(entry.type, entry.name, entry.parameters, entry.where)
-        # Producers for data a plugin consumes but no configured plugin produces.
-        for plugin in list(self.plugins.values()):
-            for key in sorted(plugin.CONSUMES):
-                if any(key in p.PRODUCES for p in self.plugins.values()):
-                    continue
-                producer_type = self.registry.default_producer(key)
-                if producer_type is None:
-                    raise ConfigError("plugins", f"plugin {plugin.typed_name} needs {key!r} and no plugin produces it")
-                params = getattr(plugin, "default_producer_parameters", lambda: None)()
-                self.add(producer_type, producer_type, params, f"plugins[{producer_type} (auto-created)]")
+        # Producers for data a plugin consumes but no configured plugin produces. Repeated
+        # until stable, since an auto-created producer may consume data of its own.
+        handled: set[str] = set()
+        while pending := sorted({k for p in self.plugins.values() for k in p.CONSUMES} - handled):
+            for key in pending:
+                handled.add(key)
+                self._ensure_producer(key)
+
+    def _ensure_producer(self, key: str) -> None:
+        consumers = [p for p in self.plugins.values() if key in p.CONSUMES]
+        # A consumer may carry parameters for its producer (legacy prefix-cache-scorer).
+        implied = [(p, params) for p in consumers
+                   if (params := getattr(p, "default_producer_parameters", lambda: None)()) is not None]
+        producers = [p for p in self.plugins.values() if key in p.PRODUCES]
+        if producers:
+            for consumer, _ in implied:
+                log.warning("parameters of %s are ignored: the configured %s produces its data",
+                            consumer.typed_name, producers[0].typed_name)
+            return
+        producer_type = self.registry.default_producer(key)
+        if producer_type is None:
+            raise ConfigError("plugins", f"plugin {consumers[0].typed_name} needs {key!r} and no plugin produces it")
+        params = implied[0][1] if implied else None
+        self.add(producer_type, producer_type, params, f"plugins[{producer_type} (auto-created)]")
 
     def profiles(self) -> dict[str, SchedulerProfile]:
         specs = self.doc.profiles or (ProfileSpec("default", (), "schedulingProfiles[default]"),)

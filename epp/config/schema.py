@@ -7,6 +7,7 @@ instantiates plugins; ``epp.config.loader`` does that.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,27 +100,19 @@ class ConfigDocument:
     parser_ref: str | None = None
 
 
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?\s*$")
 _QUANTITY_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
 def parse_quantity(value: Any, where: str) -> int:
     """A Kubernetes resource quantity (``10Gi``, ``500M``, ``1024``) as an integer."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number, suffix = float(value), ""
-    elif isinstance(value, str):
-        text = value.strip()
-        digits = text.rstrip("kMGTPEi")
-        number_text, suffix = digits, text[len(digits):]
-        try:
-            number = float(number_text)
-        except ValueError:
-            raise ConfigError(where, "expected a quantity such as '10Gi' or '5000'", value) from None
-    else:
-        raise ConfigError(where, "expected a quantity such as '10Gi' or '5000'", value)
-    if suffix not in _QUANTITY_SUFFIX or number < 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    if match is None:
         raise ConfigError(where, "expected a non-negative quantity such as '10Gi' or '5000'", value)
-    return int(number * _QUANTITY_SUFFIX[suffix])
+    return int(float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""])
 
 
 def _mapping(value: Any, where: str, allowed: frozenset[str], required: tuple[str, ...] = ()) -> Mapping[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from epp.datalayer.endpoint import EndpointMetadata
+from epp.datalayer.endpoint import EndpointMetadata, format_hostport
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
 
@@ -71,14 +71,15 @@ def parse_endpoint_list(text: str) -> list[EndpointMetadata]:
     members = []
     for i, item in enumerate(part for part in text.split(",") if part.strip()):
         address, port = parse_hostport(item, f"--endpoints[{i}]")
-        members.append(EndpointMetadata(name=f"{address}:{port}", address=address, port=port, metrics_port=port))
+        members.append(EndpointMetadata(name=format_hostport(address, port), address=address, port=port,
+                                        metrics_port=port))
     return members
 
 
 def _entry(raw: Any, where: str) -> EndpointMetadata:
     if isinstance(raw, str):
         address, port = parse_hostport(raw, where)
-        return EndpointMetadata(name=raw.strip(), address=address, port=port, metrics_port=port)
+        return EndpointMetadata(name=format_hostport(address, port), address=address, port=port, metrics_port=port)
     if not isinstance(raw, Mapping):
         raise ConfigError(where, "expected ADDRESS:PORT or a mapping with address and port", raw)
     unknown = set(raw) - _POOL_ENTRY_KEYS
@@ -86,12 +87,18 @@ def _entry(raw: Any, where: str) -> EndpointMetadata:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown field; allowed: {sorted(_POOL_ENTRY_KEYS)}")
     if "address" not in raw or "port" not in raw:
         raise ConfigError(where, "address and port are required")
-    address, port = parse_hostport(f"{raw['address']}:{raw['port']}", where)
+    address = str(raw["address"]).strip().strip("[]")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"{where}.address", "must be an IP address (Envoy connects to it directly)",
+                          raw["address"]) from None
+    port = _port(raw["port"], f"{where}.port")
     metrics_port = _port(raw.get("metricsPort", port), f"{where}.metricsPort")
     labels = raw.get("labels") or {}
     if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
         raise ConfigError(f"{where}.labels", "labels must map strings to strings", labels)
-    name = raw.get("name") or f"{address}:{port}"
+    name = raw.get("name") or format_hostport(address, port)
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name", "name must be a string", name)
     return EndpointMetadata(

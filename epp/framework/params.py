@@ -43,7 +43,7 @@ def parse_duration(value: Any, where: str) -> Duration:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text in ("0", ""):
+        if text == "0":
             return Duration(0.0)
         pos, seconds = 0, 0.0
         for match in _DURATION_PART.finditer(text):
@@ -51,7 +51,7 @@ def parse_duration(value: Any, where: str) -> Duration:
                 break
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
-        if pos != len(text):
+        if pos != len(text) or not text:
             raise ConfigError(where, "expected a duration such as '200ms' or '5s'", value)
     else:
         raise ConfigError(where, "expected a duration such as '200ms' or '5s'", value)
@@ -134,6 +134,9 @@ def decode_params(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     if unknown:
         allowed = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"{where}.{unknown[0]}", f"unknown parameter (allowed: {allowed})")
+    for key, f in fields.items():
+        if key not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{key}", "is required")
     kwargs = {f.name: _convert(raw[key], hints[f.name], f"{where}.{key}") for key, f in fields.items() if key in raw}
     try:
         return cls(**kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["go_json"]
+__all__ = ["go_json", "sorted_maps"]
 
 _GO_ESCAPES = (
     (b"<", b"\\u003c"),
@@ -22,6 +22,15 @@ _GO_ESCAPES = (
     ("\u2028".encode(), b"\\u2028"),
     ("\u2029".encode(), b"\\u2029"),
 )
+
+
+def sorted_maps(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted, as Go marshals ``map``/``any`` values."""
+    if isinstance(value, dict):
+        return {k: sorted_maps(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_maps(v) for v in value]
+    return value
 
 
 def go_json(value: Any, sort_keys: bool = False) -> bytes:

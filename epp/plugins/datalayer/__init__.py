@@ -1,1 +1,3 @@
 """In-tree datalayer plugins."""
+
+__all__: list[str] = []

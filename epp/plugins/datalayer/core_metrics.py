@@ -137,14 +137,18 @@ class CoreMetricsExtractor(BasePlugin):
             newest = max(samples, key=lambda s: s.value)
             updates["active_models"] = _csv(newest.labels.get("running_lora_adapters", ""))
             updates["waiting_models"] = _csv(newest.labels.get("waiting_lora_adapters", ""))
-            if "max_lora" in newest.labels:
-                updates["max_active_models"] = int(float(newest.labels["max_lora"]))
+            max_lora = newest.labels.get("max_lora", "").strip()
+            if max_lora:
+                try:
+                    updates["max_active_models"] = int(float(max_lora))
+                except ValueError:
+                    missing.append(f"{engine.lora} (max_lora={max_lora!r} is not a number)")
         self._cache_info(data, engine, updates)
         if updates:
             updates["update_time"] = self._clock()
             endpoint.metrics = replace(endpoint.metrics, **updates)
         if missing:
-            raise ExtractionError(f"engine {engine.name}: series not found: {', '.join(missing)}")
+            raise ExtractionError(f"engine {engine.name}: series missing or malformed: {', '.join(missing)}")
 
     @staticmethod
     def _cache_info(data: ScrapedSeries, engine: _Engine, updates: dict[str, Any]) -> None:

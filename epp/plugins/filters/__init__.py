@@ -1,1 +1,3 @@
 """In-tree filter plugins."""
+
+__all__: list[str] = []

@@ -47,6 +47,9 @@ class InFlightLoadProducer(BasePlugin):
         super().__init__(name, params, handle)
         self._requests: dict[str, int] = {}
         self._tokens: dict[str, int] = {}
+        # Bumped when an endpoint leaves the pool, so a request routed to an earlier
+        # membership of the same name cannot release load added after it rejoined.
+        self._epoch: dict[str, int] = {}
         self._state_key = f"{self.TYPE}/{name}"
         handle.pool.add_listener(self)
 
@@ -64,14 +67,14 @@ class InFlightLoadProducer(BasePlugin):
         tokens = estimate_tokens(request)
         self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
         self._tokens[endpoint] = self._tokens.get(endpoint, 0) + tokens
-        request.plugin_state[self._state_key] = (endpoint, tokens)
+        request.plugin_state[self._state_key] = (endpoint, tokens, self._epoch.get(endpoint, 0))
 
     def response_complete(self, request: InferenceRequest, response: ResponseInfo) -> None:
         added = request.plugin_state.pop(self._state_key, None)
         if added is None:
             return
-        endpoint, tokens = added
-        if endpoint in self._requests:
+        endpoint, tokens, epoch = added
+        if endpoint in self._requests and self._epoch.get(endpoint, 0) == epoch:
             self._requests[endpoint] -= 1
             self._tokens[endpoint] -= tokens
 
@@ -81,3 +84,4 @@ class InFlightLoadProducer(BasePlugin):
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self._requests.pop(endpoint.name, None)
         self._tokens.pop(endpoint.name, None)
+        self._epoch[endpoint.name] = self._epoch.get(endpoint.name, 0) + 1

@@ -1,1 +1,3 @@
 """In-tree parsers plugins."""
+
+__all__: list[str] = []

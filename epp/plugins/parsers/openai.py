@@ -23,7 +23,7 @@ import orjson
 from epp.errors import BadRequest
 from epp.framework.parsing import ParsedBody
 from epp.framework.plugin import BasePlugin
-from epp.requests.gojson import go_json
+from epp.requests.gojson import go_json, sorted_maps
 from epp.requests.types import ApiKind
 
 __all__ = ["OpenAIParser", "api_for_path", "request_path"]
@@ -122,9 +122,19 @@ def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
             items = body.get("items")
             if not isinstance(items, list) or not items:
                 raise BadRequest("invalid conversations request: must have items field")
-            shaped = [{k: item[k] for k in ("type", "role", "content") if isinstance(item, dict) and item.get(k)}
-                      for item in items]
-            return go_json(shaped, sort_keys=True)
+            # Go's ConversationItem struct: fields in declaration order, empty ones omitted;
+            # the free-form content is a Go map, so its keys are sorted.
+            shaped = []
+            for item in items:
+                entry: dict[str, Any] = {}
+                if isinstance(item, dict):
+                    for key in ("type", "role"):
+                        if item.get(key):
+                            entry[key] = item[key]
+                    if item.get("content") is not None:
+                        entry["content"] = sorted_maps(item["content"])
+                shaped.append(entry)
+            return go_json(shaped)
         case ApiKind.EMBEDDINGS:
             if body.get("input") in (None, "", []):
                 raise BadRequest("invalid embeddings request: must have input field")

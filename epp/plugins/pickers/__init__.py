@@ -1,1 +1,3 @@
 """In-tree pickers plugins."""
+
+__all__: list[str] = []

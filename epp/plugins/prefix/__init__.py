@@ -1,1 +1,3 @@
 """Approximate prefix-cache routing: hashing, the per-endpoint index and its plugins."""
+
+__all__: list[str] = []

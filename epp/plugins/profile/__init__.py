@@ -1,1 +1,3 @@
 """In-tree profile plugins."""
+
+__all__: list[str] = []

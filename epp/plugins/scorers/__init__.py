@@ -1,1 +1,3 @@
 """In-tree scorers plugins."""
+
+__all__: list[str] = []

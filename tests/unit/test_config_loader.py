@@ -1,0 +1,458 @@
+"""Building a running configuration: defaults, auto-created plugins, validation errors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import textwrap
+from typing import Any
+
+import pytest
+
+from epp.config.loader import PickerConfig, load_config
+from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.pool import EndpointPool
+from epp.errors import ConfigError
+from epp.framework.datalayer import Extractor
+from epp.framework.plugin import BasePlugin, Handle
+from epp.framework.registry import Registry
+from epp.plugins import default_registry
+from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
+
+HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+# /work/shared/reference/gie-epp.md §3: the Helm chart's default config (latency predictor off).
+HELM_DEFAULT = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: metrics-data-source
+  parameters: {scheme: "http", path: "/metrics", insecureSkipVerify: true}
+- type: core-metrics-extractor        # parameters.defaultEngine set if modelServerType != vllm
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+"""
+
+# Same section: the Helm chart's config with latencyPredictor.enabled.
+HELM_LATENCY_PREDICTOR = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: predicted-latency-producer
+- name: strict-affinity-filter
+  type: prefix-cache-affinity-filter
+  parameters: {affinityThreshold: 0.99}
+- name: loose-affinity-filter
+  type: prefix-cache-affinity-filter
+  parameters: {affinityThreshold: 0.80}
+- type: latency-scorer
+- type: weighted-random-picker
+- type: slo-headroom-tier-filter
+- type: latency-slo-admitter
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: predicted-latency-producer
+  - pluginRef: strict-affinity-filter
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: loose-affinity-filter
+  - pluginRef: latency-scorer
+  - pluginRef: weighted-random-picker
+"""
+
+GIE_DEFAULT_TYPES = {
+    "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "approx-prefix-cache-producer",
+    "metrics-data-source", "core-metrics-extractor", "single-profile-handler", "max-score-picker", "openai-parser",
+}
+
+
+def load(text: str | None, registry: Registry | None = None) -> PickerConfig:
+    handle = Handle(pool=EndpointPool(), rng=random.Random(1))
+    return load_config(text, registry or default_registry(), handle)
+
+
+def cfg(body: str) -> str:
+    return HEADER + textwrap.dedent(body)
+
+
+def load_error(text: str, registry: Registry | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        load(text, registry)
+    return err.value
+
+
+def types(config: PickerConfig) -> dict[str, str]:
+    return {name: plugin.typed_name.type for name, plugin in config.plugins.items()}
+
+
+def summary(config: PickerConfig) -> dict[str, Any]:
+    """What a user would compare between two configs: plugins, profiles, wiring."""
+    profiles = {
+        name: {
+            "filters": [f.typed_name.name for f in p.filters],  # type: ignore[attr-defined]
+            "scorers": [(ws.scorer.typed_name.name, ws.weight) for ws in p.scorers],  # type: ignore[attr-defined]
+            "picker": p.picker.typed_name.name,  # type: ignore[attr-defined]
+        }
+        for name, p in config.scheduler.profiles.items()
+    }
+    return {
+        "types": sorted(types(config).values()),
+        "profiles": profiles,
+        "handler": config.scheduler.handler.typed_name.type,  # type: ignore[attr-defined]
+        "parser": config.parser.typed_name.type,  # type: ignore[attr-defined]
+        "producers": [p.typed_name.type for p in config.producers],  # type: ignore[attr-defined]
+        "data": [(b.source.typed_name.type, [e.typed_name.type for e in b.extractors])  # type: ignore[attr-defined]
+                 for b in config.data_bindings],
+    }
+
+
+# --- GIE defaults and the Helm configs ---------------------------------------------------
+
+
+def test_the_helm_default_config_loads_unchanged_with_gie_weights_and_auto_plugins() -> None:
+    config = load(HELM_DEFAULT)
+    assert summary(config) == {
+        "types": sorted(GIE_DEFAULT_TYPES),
+        "profiles": {"default": {
+            "filters": [],
+            "scorers": [("queue-scorer", 2.0), ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0)],
+            "picker": "max-score-picker",
+        }},
+        "handler": "single-profile-handler",
+        "parser": "openai-parser",
+        "producers": ["approx-prefix-cache-producer"],
+        "data": [("metrics-data-source", ["core-metrics-extractor"])],
+    }
+    source = config.plugins["metrics-data-source"]
+    assert (source.params.scheme, source.params.path, source.params.insecure_skip_verify) == ("http", "/metrics", True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [pytest.param(None, id="no config"), pytest.param("", id="an empty config"),
+     pytest.param("  \n\n", id="a blank config")],
+)
+def test_the_built_in_default_equals_the_gie_default(text: str | None) -> None:
+    assert summary(load(text)) == summary(load(HELM_DEFAULT))
+
+
+def test_the_helm_latency_predictor_config_fails_naming_the_first_unknown_plugin_type() -> None:
+    err = load_error(HELM_LATENCY_PREDICTOR)
+    assert err.field == "plugins[0].type"
+    assert "unknown plugin type 'predicted-latency-producer'" in err.reason
+    assert "registered:" in err.reason and "prefix-cache-affinity-filter" in err.reason
+
+
+# --- system defaults --------------------------------------------------------------------
+
+
+def test_a_scorer_without_a_weight_gets_weight_one() -> None:
+    config = load(cfg("""\
+        plugins:
+        - type: queue-scorer
+        - type: kv-cache-utilization-scorer
+        schedulingProfiles:
+        - name: default
+          plugins:
+          - pluginRef: queue-scorer
+          - pluginRef: kv-cache-utilization-scorer
+            weight: 0
+        """))
+    assert summary(config)["profiles"]["default"]["scorers"] == [
+        ("queue-scorer", 1.0), ("kv-cache-utilization-scorer", 0.0)]
+
+
+def test_without_profiles_a_default_profile_holds_every_filter_scorer_and_picker() -> None:
+    config = load(cfg("""\
+        plugins:
+        - type: load-imbalance-filter
+        - type: queue-scorer
+        - type: random-picker
+        """))
+    assert summary(config)["profiles"] == {"default": {
+        "filters": ["load-imbalance-filter"], "scorers": [("queue-scorer", 1.0)], "picker": "random-picker"}}
+
+
+def test_a_profile_missing_a_picker_gets_the_first_configured_picker() -> None:
+    config = load(cfg("""\
+        plugins:
+        - type: queue-scorer
+        - name: first
+          type: weighted-random-picker
+        - name: second
+          type: random-picker
+        schedulingProfiles:
+        - name: default
+          plugins:
+          - pluginRef: queue-scorer
+        """))
+    assert summary(config)["profiles"]["default"]["picker"] == "first"
+    assert "max-score-picker" not in config.plugins
+
+
+def test_a_profile_without_any_configured_picker_gets_an_auto_created_max_score_picker() -> None:
+    config = load(cfg("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: p\n  plugins:\n"
+                      "  - pluginRef: queue-scorer\n"))
+    assert types(config)["max-score-picker"] == "max-score-picker"
+    assert summary(config)["profiles"]["p"]["picker"] == "max-score-picker"
+
+
+def test_an_empty_data_layer_wires_no_source_and_creates_none() -> None:
+    config = load(cfg("plugins:\n- type: queue-scorer\ndataLayer: {sources: []}\n"))
+    assert config.data_bindings == ()
+    assert "metrics-data-source" not in config.plugins
+
+
+@pytest.mark.parametrize("key", ["dataLayer", "data"])
+def test_an_explicit_data_layer_wires_the_named_plugins(key: str) -> None:
+    config = load(cfg(f"""\
+        plugins:
+        - type: queue-scorer
+        - name: scrape
+          type: metrics-data-source
+          parameters: {{path: /stats}}
+        - name: extract
+          type: core-metrics-extractor
+        {key}:
+          sources:
+          - pluginRef: scrape
+            extractors:
+            - pluginRef: extract
+        """))
+    (binding,) = config.data_bindings
+    assert binding.source is config.plugins["scrape"]
+    assert binding.extractors == (config.plugins["extract"],)
+    assert "metrics-data-source" not in config.plugins  # nothing auto-created beside the named ones
+
+
+def test_plugins_are_sorted_into_the_request_lifecycle_lists() -> None:
+    config = load(cfg("plugins:\n- type: token-load-scorer\n"))
+    inflight = config.plugins["inflight-load-producer"]
+    assert config.producers == (inflight,)
+    assert config.pre_request == (inflight,)
+    assert config.response_complete == (inflight,)
+    assert config.admitters == ()
+
+
+# --- auto-created data producers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("plugin_type", "producer_type"),
+    [
+        pytest.param("prefix-cache-scorer", "approx-prefix-cache-producer",
+                     id="prefix-cache-scorer gets the approximate prefix producer"),
+        pytest.param("prefix-cache-affinity-filter", "approx-prefix-cache-producer",
+                     id="prefix-cache-affinity-filter gets the approximate prefix producer"),
+        pytest.param("token-load-scorer", "inflight-load-producer",
+                     id="token-load-scorer gets the in-flight load producer"),
+        pytest.param("load-imbalance-filter", "inflight-load-producer",
+                     id="load-imbalance-filter gets the in-flight load producer"),
+    ],
+)
+def test_a_config_naming_only_a_consumer_gets_its_default_producer(plugin_type: str, producer_type: str) -> None:
+    config = load(cfg(f"plugins:\n- type: {plugin_type}\n"))
+    assert types(config)[producer_type] == producer_type
+    assert [p.typed_name.type for p in config.producers] == [producer_type]  # type: ignore[attr-defined]
+
+
+def test_two_consumers_of_one_key_share_one_auto_created_producer() -> None:
+    config = load(cfg("plugins:\n- type: token-load-scorer\n- type: load-imbalance-filter\n"))
+    assert list(types(config).values()).count("inflight-load-producer") == 1
+
+
+def test_a_configured_producer_under_its_own_name_is_used_instead_of_a_new_one() -> None:
+    config = load(cfg("""\
+        plugins:
+        - name: my-prefix
+          type: approx-prefix-cache-producer
+          parameters: {blockSizeTokens: 8}
+        - type: prefix-cache-scorer
+        """))
+    assert list(types(config).values()).count("approx-prefix-cache-producer") == 1
+    assert config.producers == (config.plugins["my-prefix"],)
+
+
+@pytest.mark.parametrize(
+    ("legacy", "expected"),
+    [
+        pytest.param("{}", {}, id="no legacy parameters keep the producer defaults"),
+        pytest.param("{hashBlockSize: 64}", {"block_size_tokens": 16},
+                     id="v1.0 hashBlockSize in characters becomes tokens (4 characters per token)"),
+        pytest.param("{blockSize: 32}", {"block_size_tokens": 32}, id="v1.3 blockSize is tokens"),
+        pytest.param("{blockSize: 8, hashBlockSize: 64}", {"block_size_tokens": 8},
+                     id="blockSize wins over hashBlockSize"),
+        pytest.param("{maxPrefixBlocksToMatch: 12}", {"max_prefix_blocks_to_match": 12},
+                     id="maxPrefixBlocksToMatch passes through"),
+        pytest.param("{lruCapacityPerServer: 500}", {"lru_capacity_per_server": 500},
+                     id="lruCapacityPerServer passes through"),
+        pytest.param("{autoTune: false}", {"auto_tune": False}, id="autoTune passes through"),
+    ],
+)
+def test_legacy_prefix_scorer_parameters_configure_the_auto_created_producer(
+    legacy: str, expected: dict[str, Any]
+) -> None:
+    config = load(f"{HEADER}plugins:\n- type: prefix-cache-scorer\n  parameters: {legacy}\n")
+    producer = config.plugins["approx-prefix-cache-producer"]
+    assert isinstance(producer, ApproxPrefixCacheProducer)
+    defaults = {"auto_tune": True, "block_size_tokens": 16, "max_prefix_blocks_to_match": 256,
+                "lru_capacity_per_server": 31250}
+    params = producer.params
+    assert {k: getattr(params, k) for k in defaults} == {**defaults, **expected}
+    assert producer.index.default_capacity == params.lru_capacity_per_server
+
+
+def test_legacy_prefix_scorer_parameters_apply_even_when_another_consumer_is_listed_first() -> None:
+    config = load(cfg("""\
+        plugins:
+        - type: prefix-cache-affinity-filter
+        - type: prefix-cache-scorer
+          parameters: {blockSize: 32}
+        """))
+    assert config.plugins["approx-prefix-cache-producer"].params.block_size_tokens == 32
+
+
+def test_legacy_prefix_scorer_parameters_are_ignored_with_a_warning_when_the_producer_is_configured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        config = load(cfg("""\
+            plugins:
+            - type: approx-prefix-cache-producer
+            - type: prefix-cache-scorer
+              parameters: {blockSize: 32}
+            """))
+    assert config.plugins["approx-prefix-cache-producer"].params.block_size_tokens == 16
+    assert any("blockSize" in r.getMessage() or "ignored" in r.getMessage() for r in caplog.records
+               if r.levelno >= logging.WARNING), "the ignored legacy parameters were not reported"
+
+
+# --- validation errors --------------------------------------------------------------------
+
+
+class BytesSource(BasePlugin):
+    """A data source producing raw bytes, which no in-tree extractor reads (test only)."""
+
+    TYPE = "bytes-source"
+
+    def output_type(self) -> type:
+        return bytes
+
+    def bind_extractors(self, extractors: list[Extractor]) -> None:
+        return None
+
+    async def collect(self, endpoint: Endpoint) -> bytes:
+        return b""
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_an_extractor_that_cannot_read_its_source_output_is_rejected() -> None:
+    registry = default_registry()
+    registry.register(BytesSource)
+    err = load_error(cfg("""\
+        plugins:
+        - type: queue-scorer
+        - type: bytes-source
+        - type: core-metrics-extractor
+        dataLayer:
+          sources:
+          - pluginRef: bytes-source
+            extractors:
+            - pluginRef: core-metrics-extractor
+        """), registry)
+    assert err.field == "dataLayer.sources[0].extractors"
+    assert err.reason == "extractor 'core-metrics-extractor' reads ScrapedSeries, source produces bytes"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason_part"),
+    [
+        pytest.param("plugins:\n- type: queue-scorer\n- type: queue-scorer\n", "plugins[1].name",
+                     "duplicate plugin name 'queue-scorer'", id="two plugins with the same default name"),
+        pytest.param("plugins:\n- {name: a, type: queue-scorer}\n- {name: a, type: kv-cache-utilization-scorer}\n",
+                     "plugins[1].name", "duplicate plugin name 'a'", id="two plugins with the same explicit name"),
+        pytest.param("plugins:\n- name: q\n", "plugins[0].type", "missing a type", id="a plugin without a type"),
+        pytest.param("plugins:\n- type: queue-scorer\n- type: latency-scorer\n", "plugins[1].type",
+                     "unknown plugin type 'latency-scorer'", id="an unregistered plugin type"),
+        pytest.param("plugins:\n- type: max-score-picker\n  parameters: {maxNumOfEndpoints: '2'}\n",
+                     "plugins[0].parameters.maxNumOfEndpoints", "expected an integer",
+                     id="a parameter of the wrong type"),
+        pytest.param("plugins:\n- type: max-score-picker\n  parameters: {maxNumOfEndpoints: 0}\n",
+                     "plugins[0].parameters.maxNumOfEndpoints", "at least 1", id="a parameter out of range"),
+        pytest.param("plugins:\n- type: token-load-scorer\n  parameters: {queueThreshold: 5}\n",
+                     "plugins[0].parameters.queueThreshold", "unknown parameter", id="a misspelt parameter"),
+        pytest.param("plugins:\n- type: queue-scorer\n  parameters: {weight: 2}\n", "plugins[0].parameters",
+                     "queue-scorer takes no parameters", id="parameters for a plugin that takes none"),
+        pytest.param("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: p\n  plugins:\n"
+                     "  - pluginRef: queue-scorer\n  - pluginRef: kv\n",
+                     "schedulingProfiles[0].plugins[1].pluginRef", "references undefined plugin 'kv'",
+                     id="a profile referencing an undefined plugin"),
+        pytest.param("plugins:\n- type: queue-scorer\n- type: random-picker\n- type: max-score-picker\n"
+                     "schedulingProfiles:\n- name: p\n  plugins:\n  - pluginRef: random-picker\n"
+                     "  - pluginRef: queue-scorer\n  - pluginRef: max-score-picker\n",
+                     "schedulingProfiles[0].plugins[2].pluginRef", "already has picker 'random-picker'",
+                     id="two pickers in one profile"),
+        pytest.param("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: p\n- name: p\n",
+                     "schedulingProfiles[1].name", "duplicate profile name 'p'", id="two profiles with one name"),
+        pytest.param("plugins:\n- {name: h1, type: single-profile-handler}\n"
+                     "- {name: h2, type: single-profile-handler}\n",
+                     "plugins", "multiple profile handlers found ('h1', 'h2')", id="two profile handlers"),
+        pytest.param("plugins:\n- type: single-profile-handler\n- type: queue-scorer\nschedulingProfiles:\n"
+                     "- name: a\n- name: b\n", "schedulingProfiles", "exactly one scheduling profile",
+                     id="single-profile-handler with two profiles"),
+        pytest.param("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n- name: b\n",
+                     "plugins", "no profile handler configured", id="several profiles without a handler"),
+        pytest.param("plugins:\n- type: queue-scorer\nparser: {pluginRef: my-parser}\n", "parser.pluginRef",
+                     "references undefined plugin 'my-parser'", id="a parser ref to an undefined plugin"),
+        pytest.param("plugins:\n- type: queue-scorer\nparser: {pluginRef: queue-scorer}\n", "parser.pluginRef",
+                     "is not a parser", id="a parser ref to a plugin that is not a parser"),
+        pytest.param("plugins:\n- type: queue-scorer\ndataLayer:\n  sources:\n  - pluginRef: scrape\n",
+                     "dataLayer.sources[0].pluginRef", "references undefined plugin 'scrape'",
+                     id="a data source ref to an undefined plugin"),
+        pytest.param("plugins:\n- type: metrics-data-source\ndata:\n  sources:\n  - pluginRef: metrics-data-source\n"
+                     "    extractors:\n    - pluginRef: extract\n",
+                     "data.sources[0].extractors[0].pluginRef", "references undefined plugin 'extract'",
+                     id="an extractor ref to an undefined plugin under the older data key"),
+        pytest.param("plugins:\n- type: queue-scorer\ndataLayer:\n  sources:\n  - pluginRef: queue-scorer\n",
+                     "dataLayer.sources[0].pluginRef", "is not a data source", id="a source that is not a data source"),
+        pytest.param("plugins:\n- type: metrics-data-source\n- type: queue-scorer\ndataLayer:\n  sources:\n"
+                     "  - pluginRef: metrics-data-source\n    extractors:\n    - pluginRef: queue-scorer\n",
+                     "dataLayer.sources[0].extractors", "is not an extractor", id="an extractor that is not one"),
+        pytest.param("plugins:\n- type: queue-scorer\nsaturationDetector: {pluginRef: detector}\n",
+                     "saturationDetector.pluginRef", "references undefined plugin 'detector'",
+                     id="a saturation detector ref to an undefined plugin"),
+        pytest.param("plugins:\n- type: metrics-data-source\n  parameters: {path: metrics}\n",
+                     "plugins[0].parameters.path", "must start with '/'", id="a metrics path without a slash"),
+        pytest.param("plugins:\n- type: core-metrics-extractor\n  parameters: {defaultEngine: tgi}\n",
+                     "plugins[0].parameters.defaultEngine", "unknown engine", id="an unknown default engine"),
+    ],
+)
+def test_invalid_configs_fail_naming_the_field(body: str, field: str, reason_part: str) -> None:
+    err = load_error(HEADER + body)
+    assert err.field == field
+    assert reason_part in err.reason
+
+
+def test_the_default_saturation_detector_name_is_accepted_without_a_plugin() -> None:
+    assert load(cfg("saturationDetector: {pluginRef: utilization-detector}\n")).saturation_detector_ref == \
+        "utilization-detector"
+
+
+def test_flow_control_is_validated_and_reported_as_not_enforced(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        config = load(cfg("featureGates: [flowControl]\nflowControl: {maxRequests: 10}\n"))
+    assert config.feature_gates == {"flowControl"}
+    assert config.flow_control is not None and config.flow_control.max_requests == 10
+    assert any("not enforced" in r.getMessage() for r in caplog.records)

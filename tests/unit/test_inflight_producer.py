@@ -1,0 +1,133 @@
+"""``inflight-load-producer``: requests and estimated tokens in flight per endpoint."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from epp.datalayer.endpoint import EndpointMetadata
+from epp.datalayer.pool import EndpointPool
+from epp.errors import ConfigError
+from epp.framework.plugin import Handle
+from epp.framework.requestcontrol import ResponseInfo
+from epp.framework.scheduling import CycleState
+from epp.plugins import default_registry
+from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer, estimate_tokens
+
+
+@pytest.mark.parametrize(
+    ("prompt", "body", "raw_body", "tokens"),
+    [
+        pytest.param(b"x" * 400, {}, b"{}", 100 + 150, id="input is prompt bytes / 4, output 1.5x input"),
+        pytest.param(b"x" * 41, {}, b"{}", 10 + 15, id="input bytes are divided down"),
+        pytest.param(b"xy", {}, b"{}", 1 + 2, id="at least one input token (1.5 rounds to 2)"),
+        pytest.param(b"x" * 400, {"max_tokens": 7}, b"{}", 100 + 7, id="max_tokens is the output estimate"),
+        pytest.param(b"x" * 400, {"max_completion_tokens": 9}, b"{}", 100 + 9,
+                     id="max_completion_tokens is the output estimate"),
+        pytest.param(b"x" * 400, {"max_tokens": 0}, b"{}", 100 + 150, id="a zero max_tokens is ignored"),
+        pytest.param(b"x" * 400, {"max_tokens": True}, b"{}", 100 + 150, id="a bool max_tokens is ignored"),
+        pytest.param(b"x" * 400, {"max_tokens": "7"}, b"{}", 100 + 150, id="a string max_tokens is ignored"),
+        pytest.param(b"", {}, b"y" * 80, 20 + 30, id="without prompt text the body size is used"),
+    ],
+)
+def test_token_estimate(make_request: Any, prompt: bytes, body: dict[str, Any], raw_body: bytes, tokens: int) -> None:
+    assert estimate_tokens(make_request(prompt, body=body, raw_body=raw_body)) == tokens
+
+
+def test_pre_request_counts_up_on_the_primary_endpoint_only(create: Any, make_endpoint: Any, make_request: Any,
+                                                            routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a, b = make_endpoint("a"), make_endpoint("b")
+    producer.pre_request(CycleState(), make_request(b"x" * 40, request_id="1"), routed(a, b))
+    producer.pre_request(CycleState(), make_request(b"x" * 80, request_id="2"), routed(a))
+    assert (producer.requests("a"), producer.tokens("a")) == (2, 25 + 50)
+    assert (producer.requests("b"), producer.tokens("b")) == (0, 0)
+
+
+def test_response_complete_counts_down_exactly_once(create: Any, make_endpoint: Any, make_request: Any,
+                                                    routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a = make_endpoint("a")
+    first, second = make_request(b"x" * 40, request_id="1"), make_request(b"x" * 80, request_id="2")
+    producer.pre_request(CycleState(), first, routed(a))
+    producer.pre_request(CycleState(), second, routed(a))
+    producer.response_complete(first, ResponseInfo(endpoint=a, completed=True))
+    producer.response_complete(first, ResponseInfo(endpoint=a, completed=True))  # a repeat is a no-op
+    assert (producer.requests("a"), producer.tokens("a")) == (1, 50)
+    producer.response_complete(second, ResponseInfo(endpoint=a))  # ended early (disconnect)
+    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+
+
+def test_completing_a_request_that_was_never_routed_changes_nothing(create: Any, make_request: Any) -> None:
+    producer = create("inflight-load-producer")
+    producer.response_complete(make_request(b"x" * 40), ResponseInfo())
+    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+
+
+def test_a_changed_body_after_routing_releases_what_was_added(create: Any, make_endpoint: Any, make_request: Any,
+                                                              routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a = make_endpoint("a")
+    request = make_request(b"x" * 40)
+    producer.pre_request(CycleState(), request, routed(a))
+    request.body["max_tokens"] = 1000  # the estimate would now differ
+    producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))
+    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+
+
+async def test_prepare_data_publishes_the_producer_in_the_cycle(create: Any, make_request: Any) -> None:
+    producer = create("inflight-load-producer")
+    cycle = CycleState()
+    await producer.prepare_data(cycle, make_request(), [])
+    assert cycle.read(INFLIGHT_LOAD_KEY, InFlightLoadProducer) is producer
+
+
+def test_an_endpoint_removed_from_the_pool_forgets_its_counts(make_request: Any, routed: Any) -> None:
+    pool = EndpointPool()
+    pool.replace_all([EndpointMetadata("a", "10.0.0.1", 8000, 8000)])
+    producer = default_registry().create("inflight-load-producer", "inflight", None,
+                                         Handle(pool=pool, rng=random.Random(1)), "plugins[0]")
+    a = pool.get("a")
+    request = make_request(b"x" * 40)
+    producer.pre_request(CycleState(), request, routed(a))
+    pool.replace_all([])
+    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))
+    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+
+
+def test_two_producers_keep_separate_request_state(registry: Any, handle: Any, make_endpoint: Any,
+                                                   make_request: Any, routed: Any) -> None:
+    one = registry.create("inflight-load-producer", "one", None, handle, "plugins[0]")
+    two = registry.create("inflight-load-producer", "two", None, handle, "plugins[1]")
+    a = make_endpoint("a")
+    request = make_request(b"x" * 40)
+    one.pre_request(CycleState(), request, routed(a))
+    two.pre_request(CycleState(), request, routed(a))
+    one.response_complete(request, ResponseInfo(endpoint=a))
+    assert (one.requests("a"), two.requests("a")) == (0, 1)
+
+
+def test_inflight_producer_takes_no_parameters(create: Any) -> None:
+    with pytest.raises(ConfigError, match="takes no parameters"):
+        create("inflight-load-producer", {"outputRatio": 2})
+
+
+def test_a_request_routed_before_an_endpoint_left_and_rejoined_does_not_release_newer_load(
+    make_request: Any, routed: Any
+) -> None:
+    pool = EndpointPool()
+    member = EndpointMetadata("a", "10.0.0.1", 8000, 8000)
+    pool.replace_all([member])
+    producer = default_registry().create("inflight-load-producer", "inflight", None,
+                                         Handle(pool=pool, rng=random.Random(1)), "plugins[0]")
+    old = make_request(b"x" * 40, request_id="old")
+    producer.pre_request(CycleState(), old, routed(pool.get("a")))
+    pool.replace_all([])  # the endpoint leaves (its counts are dropped) ...
+    pool.replace_all([member])  # ... and comes back
+    new = make_request(b"x" * 80, request_id="new")
+    producer.pre_request(CycleState(), new, routed(pool.get("a")))
+    producer.response_complete(old, ResponseInfo(completed=True))  # the old request finishes late
+    assert (producer.requests("a"), producer.tokens("a")) == (1, 50)

@@ -1,0 +1,137 @@
+"""The endpoint pool: membership diffs, listeners, readiness and metadata updates."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.datalayer.endpoint import Endpoint, EndpointMetadata, Metrics
+from epp.datalayer.pool import EndpointPool, PoolStatistics
+
+
+def meta(name: str, address: str = "10.0.0.1", port: int = 8000, metrics_port: int | None = None,
+         labels: dict[str, str] | None = None) -> EndpointMetadata:
+    return EndpointMetadata(name, address, port, metrics_port or port, labels or {})
+
+
+class Recorder:
+    """A pool listener that writes down what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        self.events.append(("added", endpoint.name))
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.events.append(("removed", endpoint.name))
+
+
+def names(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[str]:
+    return [ep.name for ep in endpoints]
+
+
+def test_a_new_pool_is_empty_and_not_synced() -> None:
+    pool = EndpointPool()
+    assert pool.endpoints() == () and pool.ready_endpoints() == ()
+    assert pool.statistics() == PoolStatistics(endpoints=0, ready=0, synced=False)
+
+
+def test_replace_all_returns_the_diff_and_keeps_surviving_endpoints() -> None:
+    pool = EndpointPool()
+    added, removed = pool.replace_all([meta("a", "10.0.0.1"), meta("b", "10.0.0.2")])
+    assert (names(added), removed) == (["a", "b"], [])
+    b = pool.get("b")
+    assert b is not None
+    b.metrics = Metrics(waiting_queue_size=4)
+    added, removed = pool.replace_all([meta("b", "10.0.0.2"), meta("c", "10.0.0.3")])
+    assert (names(added), names(removed)) == (["c"], ["a"])
+    assert names(pool.endpoints()) == ["b", "c"]
+    assert pool.get("b") is b and b.metrics.waiting_queue_size == 4
+    assert pool.get("a") is None
+
+
+def test_replacing_with_the_same_members_changes_nothing() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("a")])
+    before = pool.endpoints()
+    assert pool.replace_all([meta("a")]) == ([], [])
+    assert pool.endpoints() == before
+
+
+def test_listeners_hear_removals_then_additions() -> None:
+    pool = EndpointPool()
+    recorder = Recorder()
+    pool.add_listener(recorder)
+    pool.replace_all([meta("a"), meta("b", "10.0.0.2")])
+    pool.replace_all([meta("b", "10.0.0.2"), meta("c", "10.0.0.3")])
+    pool.replace_all([])
+    assert recorder.events == [
+        ("added", "a"), ("added", "b"),
+        ("removed", "a"), ("added", "c"),
+        ("removed", "b"), ("removed", "c"),
+    ]
+
+
+def test_a_metadata_change_keeps_the_endpoint_object_metrics_and_readiness() -> None:
+    pool = EndpointPool()
+    recorder = Recorder()
+    pool.add_listener(recorder)
+    pool.replace_all([meta("a", "10.0.0.1", 8000)])
+    a = pool.get("a")
+    assert a is not None
+    a.metrics = Metrics(kv_cache_usage_percent=0.5)
+    pool.set_ready(a, False)
+    added, removed = pool.replace_all([meta("a", "10.0.0.7", 9000, 9090, {"tier": "gold"})])
+    assert (added, removed) == ([], [])
+    assert recorder.events == [("added", "a")]
+    assert pool.get("a") is a
+    assert (a.metadata.address, a.metadata.metrics_port, dict(a.metadata.labels)) == ("10.0.0.7", 9090,
+                                                                                       {"tier": "gold"})
+    assert a.hostport == "10.0.0.7:9000"
+    assert a.metrics.kv_cache_usage_percent == 0.5 and a.ready is False
+    assert pool.by_hostport("10.0.0.7:9000") is a
+    assert pool.by_hostport("10.0.0.1:8000") is None
+
+
+def test_duplicate_names_in_one_update_are_rejected() -> None:
+    pool = EndpointPool()
+    with pytest.raises(ValueError, match="duplicate endpoint name 'a'"):
+        pool.replace_all([meta("a"), meta("a", "10.0.0.2")])
+
+
+def test_by_hostport_finds_ipv6_endpoints_in_brackets() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("v6", "fd00::1", 8000), meta("v4", "10.0.0.1", 8000)])
+    assert names([pool.by_hostport("[fd00::1]:8000"), pool.by_hostport("10.0.0.1:8000")]) == ["v6", "v4"]  # type: ignore[list-item]
+
+
+def test_ready_endpoints_follow_set_ready() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("a"), meta("b", "10.0.0.2"), meta("c", "10.0.0.3")])
+    b = pool.get("b")
+    assert b is not None
+    assert names(pool.ready_endpoints()) == ["a", "b", "c"]
+    pool.set_ready(b, False)
+    assert names(pool.ready_endpoints()) == ["a", "c"]
+    assert pool.statistics() == PoolStatistics(endpoints=3, ready=2, synced=True)
+    pool.set_ready(b, True)
+    assert names(pool.ready_endpoints()) == ["a", "b", "c"]
+
+
+def test_the_ready_list_is_cached_until_readiness_or_membership_changes() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("a"), meta("b", "10.0.0.2")])
+    first = pool.ready_endpoints()
+    assert pool.ready_endpoints() is first
+    a = pool.get("a")
+    assert a is not None
+    pool.set_ready(a, True)  # no change: the cache stays
+    assert pool.ready_endpoints() is first
+    pool.replace_all([meta("a"), meta("b", "10.0.0.2"), meta("c", "10.0.0.3")])
+    assert names(pool.ready_endpoints()) == ["a", "b", "c"]
+
+
+def test_an_empty_update_still_marks_the_pool_synced() -> None:
+    pool = EndpointPool()
+    pool.replace_all([])
+    assert pool.synced

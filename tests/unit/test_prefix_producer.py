@@ -1,0 +1,216 @@
+"""``approx-prefix-cache-producer``: hash once per request, match, and record the routed endpoint."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from epp.datalayer.endpoint import EndpointMetadata
+from epp.datalayer.pool import EndpointPool
+from epp.errors import ConfigError
+from epp.framework.plugin import Handle
+from epp.framework.scheduling import CycleState
+from epp.plugins import default_registry
+from epp.plugins.prefix.hashing import hash_prompt
+from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
+
+BLOCK = 16 * 4  # default blockSizeTokens (16) in bytes
+PROMPT = bytes(range(32, 96)) * 4  # four full blocks
+
+
+async def prepare(producer: Any, request: Any, endpoints: list[Any]) -> PrefixMatch:
+    cycle = CycleState()
+    await producer.prepare_data(cycle, request, endpoints)
+    match = cycle[PREFIX_MATCH_KEY]
+    assert isinstance(match, PrefixMatch)
+    return match
+
+
+async def route(producer: Any, request: Any, endpoints: list[Any], result: Any) -> PrefixMatch:
+    """One request's life as the director runs it: prepare data, then pre-request."""
+    cycle = CycleState()
+    await producer.prepare_data(cycle, request, endpoints)
+    producer.pre_request(cycle, request, result)
+    return cycle[PREFIX_MATCH_KEY]
+
+
+async def test_a_first_request_matches_nothing_and_a_repeat_matches_fully(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a, b = make_endpoint("a"), make_endpoint("b")
+    first = await route(producer, make_request(PROMPT), [a, b], routed(a))
+    assert first == PrefixMatch(total_blocks=4, block_size_tokens=16, matches={})
+    again = await prepare(producer, make_request(PROMPT), [a, b])
+    assert again == PrefixMatch(total_blocks=4, block_size_tokens=16, matches={"a": 4})
+    assert again.ratio("a") == 1.0 and again.ratio("b") == 0.0
+
+
+async def test_a_shared_prefix_matches_partially(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT), [a], routed(a))
+    other = PROMPT[: 2 * BLOCK] + b"z" * (3 * BLOCK)
+    match = await prepare(producer, make_request(other), [a])
+    assert (match.total_blocks, dict(match.matches)) == (5, {"a": 2})
+
+
+async def test_the_match_uses_the_target_model_and_cache_salt(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT, model="base", target_model="lora-1"), [a], routed(a))
+    assert (await prepare(producer, make_request(PROMPT, model="base", target_model="lora-1"), [a])).matches == {
+        "a": 4}
+    assert (await prepare(producer, make_request(PROMPT, model="base"), [a])).matches == {}
+    assert (await prepare(producer, make_request(PROMPT, target_model="lora-1", cache_salt="t"), [a])).matches == {}
+
+
+async def test_only_the_primary_endpoint_is_recorded(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a, b = make_endpoint("a"), make_endpoint("b")
+    await route(producer, make_request(PROMPT), [a, b], routed(a, b))  # picker returned two endpoints
+    assert (await prepare(producer, make_request(PROMPT), [a, b])).matches == {"a": 4}
+
+
+async def test_the_prefill_profile_endpoint_is_recorded_too(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    decode, prefill, other = make_endpoint("decode"), make_endpoint("prefill"), make_endpoint("other")
+    result = routed(decode, profile="decode", prefill=prefill, other=other)
+    await route(producer, make_request(PROMPT), [decode, prefill, other], result)
+    assert (await prepare(producer, make_request(PROMPT), [decode, prefill])).matches == {"decode": 4, "prefill": 4}
+
+
+async def test_a_prompt_shorter_than_a_block_has_no_blocks_and_records_nothing(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    match = await route(producer, make_request(b"x" * (BLOCK - 1)), [a], routed(a))
+    assert (match.total_blocks, dict(match.matches)) == (0, {})
+    assert len(producer.index) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "cache_block_size", "block_tokens"),
+    [
+        pytest.param({}, 8, 8, id="autoTune takes the block size an endpoint reports"),
+        pytest.param({}, 0, 16, id="autoTune falls back to blockSizeTokens before a scrape"),
+        pytest.param({"autoTune": False, "blockSizeTokens": 4}, 8, 4, id="without autoTune blockSizeTokens is used"),
+    ],
+)
+async def test_block_size(create: Any, make_endpoint: Any, make_request: Any, params: dict[str, Any],
+                          cache_block_size: int, block_tokens: int) -> None:
+    producer = create("approx-prefix-cache-producer", params)
+    endpoints = [make_endpoint("a"), make_endpoint("b", cache_block_size=cache_block_size)]
+    match = await prepare(producer, make_request(PROMPT), endpoints)
+    assert match.block_size_tokens == block_tokens
+    assert match.total_blocks == len(PROMPT) // (block_tokens * 4)
+
+
+async def test_auto_tune_sizes_each_endpoint_lru_from_its_kv_block_count(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer", {"lruCapacityPerServer": 100})
+    small, unknown = make_endpoint("small", cache_num_blocks=3), make_endpoint("unknown")
+    await route(producer, make_request(PROMPT), [small, unknown], routed(small))
+    await route(producer, make_request(PROMPT), [small, unknown], routed(unknown))
+    assert producer.index.capacity("small") == 3
+    assert producer.index.capacity("unknown") == 100
+    assert (await prepare(producer, make_request(PROMPT), [small, unknown])).matches == {"small": 3, "unknown": 4}
+
+
+async def test_without_auto_tune_every_lru_has_the_configured_capacity(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer", {"autoTune": False, "lruCapacityPerServer": 2})
+    ep = make_endpoint("a", cache_num_blocks=1000)
+    await route(producer, make_request(PROMPT), [ep], routed(ep))
+    assert producer.index.capacity("a") == 2
+    assert (await prepare(producer, make_request(PROMPT), [ep])).matches == {"a": 2}
+
+
+@pytest.mark.parametrize(
+    ("params", "total"),
+    [
+        pytest.param({"blockSizeTokens": 4, "maxPrefixBlocksToMatch": 3}, 3, id="maxPrefixBlocksToMatch caps blocks"),
+        pytest.param({"blockSizeTokens": 4, "maxPrefixBlocksToMatch": 3, "maxPrefixTokensToMatch": 20}, 5,
+                     id="maxPrefixTokensToMatch overrides the block cap"),
+        pytest.param({"blockSizeTokens": 4, "maxPrefixTokensToMatch": 10}, 2,
+                     id="maxPrefixTokensToMatch is divided down to whole blocks"),
+        pytest.param({"blockSizeTokens": 4, "maxPrefixBlocksToMatch": 0}, 0, id="zero max blocks disables matching"),
+    ],
+)
+async def test_prefix_length_limits(create: Any, make_endpoint: Any, make_request: Any, params: dict[str, Any],
+                                    total: int) -> None:
+    producer = create("approx-prefix-cache-producer", {"autoTune": False, **params})
+    match = await prepare(producer, make_request(PROMPT), [make_endpoint("a")])
+    assert match.total_blocks == total
+
+
+async def test_the_hashes_are_the_documented_chain(create: Any, make_endpoint: Any, make_request: Any,
+                                                   routed: Any) -> None:
+    producer = create("approx-prefix-cache-producer", {"autoTune": False, "blockSizeTokens": 4})
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT, target_model="t", cache_salt="s"), [a], routed(a))
+    expected = hash_prompt(PROMPT, "t", "s", 4, 256)
+    assert producer.index.match(expected) == {"a": len(expected)}
+
+
+async def test_endpoints_removed_from_the_pool_are_purged(make_request: Any, routed: Any) -> None:
+    pool = EndpointPool()
+    pool.replace_all([EndpointMetadata("a", "10.0.0.1", 8000, 8000), EndpointMetadata("b", "10.0.0.2", 8000, 8000)])
+    handle = Handle(pool=pool, rng=random.Random(1))
+    producer = default_registry().create("approx-prefix-cache-producer", "p", None, handle, "plugins[0]")
+    a, b = pool.get("a"), pool.get("b")
+    await route(producer, make_request(PROMPT), [a, b], routed(a))
+    await route(producer, make_request(PROMPT), [a, b], routed(b))
+    pool.replace_all([EndpointMetadata("b", "10.0.0.2", 8000, 8000)])
+    assert (await prepare(producer, make_request(PROMPT), [b])).matches == {"b": 4}
+    assert producer.index.statistics().endpoints == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        pytest.param({"blockSizeTokens": 0}, "blockSizeTokens", id="a zero block size"),
+        pytest.param({"maxPrefixBlocksToMatch": -1}, "maxPrefixBlocksToMatch", id="negative max blocks"),
+        pytest.param({"maxPrefixTokensToMatch": -1}, "maxPrefixTokensToMatch", id="negative max tokens"),
+        pytest.param({"lruCapacityPerServer": 0}, "lruCapacityPerServer", id="a zero LRU capacity"),
+    ],
+)
+def test_invalid_parameters_name_the_field(create: Any, params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        create("approx-prefix-cache-producer", params)
+    assert err.value.field == f"plugins[0].parameters.{field}"
+
+
+def test_the_deprecated_block_size_is_ignored_with_a_warning(create: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        producer = create("approx-prefix-cache-producer", {"blockSize": 64})
+    assert producer.params.block_size_tokens == 16
+    assert any("blockSize is deprecated" in r.getMessage() for r in caplog.records)
+
+
+async def test_indexer_metrics_report_size_and_hit_ratio(make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    metrics = CollectorRegistry()
+    handle = Handle(pool=EndpointPool(), rng=random.Random(1), metrics_registry=metrics)
+    producer = default_registry().create("approx-prefix-cache-producer", "p", None, handle, "plugins[0]")
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT), [a], routed(a))  # miss: ratio 0
+    await route(producer, make_request(PROMPT), [a], routed(a))  # full hit: ratio 1
+    assert metrics.get_sample_value("inference_extension_prefix_indexer_size") == 4
+    assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_ratio_count") == 2
+    assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_ratio_sum") == 1.0
+    assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_bytes_sum") == 4 * BLOCK
