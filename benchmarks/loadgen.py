@@ -34,6 +34,7 @@ class Outcome:
     cached_tokens: int = 0
     prompt_tokens: int = 0
     tag: str = ""
+    sent_at: float = 0.0  # time.monotonic() when the request was sent
 
 
 @dataclass
@@ -89,9 +90,9 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, tag: str) 
             status = response.status
             upstream = response.headers.get("x-upstream-host", "")
     except (TimeoutError, aiohttp.ClientError):
-        return Outcome(599, time.monotonic() - start, None, "", tag=tag)
+        return Outcome(599, time.monotonic() - start, None, "", tag=tag, sent_at=start)
     prompt, completion, cached = _usage(b"".join(chunks)) if status == 200 else (0, 0, 0)
-    return Outcome(status, time.monotonic() - start, ttft, upstream, completion, cached, prompt, tag)
+    return Outcome(status, time.monotonic() - start, ttft, upstream, completion, cached, prompt, tag, start)
 
 
 async def run_closed_loop(url: str, bodies: Sequence[bytes], concurrency: int, max_requests: int,

@@ -24,9 +24,11 @@ from time import perf_counter
 import orjson
 
 from epp.config.loader import PickerConfig
+from epp.datalayer.dispatch import account_dispatch
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.pool import EndpointPool
 from epp.errors import InternalError, PickerError, ServiceUnavailable
+from epp.framework.attributes import prefix_match
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.metrics import PickerMetrics
 from epp.request_context import RequestContext
@@ -82,6 +84,7 @@ class Director:
         rng: random.Random | None = None,
         decisions: DecisionLog | None = None,
         honor_subset_hint: bool = True,
+        account_dispatches: bool = True,
     ) -> None:
         self.pool = pool
         self.config = config
@@ -89,6 +92,7 @@ class Director:
         self.rng = rng or random.Random()
         self.decisions = decisions or DecisionLog(0)
         self.honor_subset_hint = honor_subset_hint
+        self.account_dispatches = account_dispatches
 
     # --- request path -------------------------------------------------------------
 
@@ -138,6 +142,10 @@ class Director:
                 plugin.pre_request(cycle, request, result)
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 log.exception("pre-request plugin %s failed", getattr(plugin, "typed_name", plugin))
+        if self.account_dispatches:
+            match = prefix_match(cycle)
+            cached = match.matches.get(endpoints[0].name, 0) * match.block_size_tokens
+            account_dispatch(endpoints[0], len(request.prompt) or len(body), cached)
         new_body = None
         if target != parsed.model:
             new_body = orjson.dumps({**parsed.body, "model": target})

@@ -37,13 +37,13 @@ from epp.devstack.stack import Stack
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def direct_bootstrap(listen: int, admin: int, sims: list[int]) -> str:
+def direct_bootstrap(listen: int, admin: int, sims: list[int], lb_policy: str = "ROUND_ROBIN") -> str:
     doc = yaml.safe_load(render_bootstrap(repo_bootstrap_path(), listen, admin, 1))
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
     hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "sims"
     doc["static_resources"]["clusters"].append({
-        "name": "sims", "type": "STATIC", "lb_policy": "ROUND_ROBIN", "connect_timeout": "5s",
+        "name": "sims", "type": "STATIC", "lb_policy": lb_policy, "connect_timeout": "5s",
         "load_assignment": {"cluster_name": "sims", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
             for p in sims]}]},

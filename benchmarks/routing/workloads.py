@@ -85,7 +85,7 @@ def build(name: str, rate: float, seconds: float, seed: int = 1) -> Workload:
     n = int(rate * seconds)
     # 2048 blocks x 16 tokens = 32k tokens of KV per replica: 16 prefixes x 4k tokens (64k)
     # do not fit one replica, and 4 of them do fit in one replica each.
-    small_cache = ["--num-gpu-blocks", "2048"]
+    small_cache = ["--num-gpu-blocks", "2048", "--max-model-len", "32768"]
     if name == "shared-prefix":
         return Workload(name, shared_prefix(n, seed), "/v1/chat/completions", small_cache,
                         "16 groups x 4k-token system prompt + 60-token question, 32 output tokens")
@@ -99,6 +99,6 @@ def build(name: str, rate: float, seconds: float, seed: int = 1) -> Workload:
     if name == "lora":
         modules = [f"{a}=/adapters/{a}" for a in LORA_ADAPTERS]
         return Workload(name, lora(n, seed), "/v1/chat/completions",
-                        ["--lora-modules", *modules, "--max-loras", "2", "--lora-load-time", "0.25"],
+                        [*small_cache, "--lora-modules", *modules, "--max-loras", "2", "--lora-load-time", "0.25"],
                         "8 LoRA adapters, 2 slots per replica, 250 ms adapter load, 200-token prompts")
     raise ValueError(f"unknown workload {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from epp.framework.attributes import PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import MetricsDataSource
@@ -12,12 +13,12 @@ from epp.plugins.pickers.max_score import MaxScorePicker
 from epp.plugins.pickers.random_picker import RandomPicker
 from epp.plugins.pickers.weighted_random import WeightedRandomPicker
 from epp.plugins.prefix.affinity_filter import PrefixCacheAffinityFilter
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugins.prefix.scorer import PrefixCacheScorer
 from epp.plugins.profile.single import SingleProfileHandler
 from epp.plugins.scorers.kv_cache import KVCacheUtilizationScorer
 from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
+from epp.plugins.scorers.prefill_load import PrefillLoadScorer
 from epp.plugins.scorers.queue import QueueScorer
 from epp.plugins.scorers.running_requests import RunningRequestsSizeScorer
 from epp.plugins.scorers.token_load import TokenLoadScorer
@@ -35,6 +36,7 @@ def default_registry() -> Registry:
         LoraAffinityScorer,
         PrefixCacheScorer,
         TokenLoadScorer,
+        PrefillLoadScorer,
         PrefixCacheAffinityFilter,
         LoadImbalanceFilter,
         MaxScorePicker,

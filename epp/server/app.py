@@ -62,6 +62,7 @@ class ServeOptions:
     honor_subset_hint: bool = True
     max_request_body_bytes: int = 64 * 1024 * 1024
     decision_log_size: int = 256
+    account_dispatches: bool = True
     shutdown_grace_period: float = 30.0
     seed: int | None = None
 
@@ -115,7 +116,8 @@ class PickerServer:
         handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry)
         self.config = load_config(self._config_text(), self.registry, handle, self.metrics.plugin_observer)
         self.director = Director(self.pool, self.config, self.metrics, rng, self.decisions,
-                                 honor_subset_hint=self.options.honor_subset_hint)
+                                 honor_subset_hint=self.options.honor_subset_hint,
+                                 account_dispatches=self.options.account_dispatches)
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures)
 

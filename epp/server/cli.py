@@ -53,6 +53,8 @@ def add_parser(subparsers: Any) -> None:
                      help="recent routing decisions kept for /debug/decisions (0 disables; default: %(default)s)")
     cfg.add_argument("--shutdown-grace-period", type=_duration, default=30.0,
                      help="on SIGTERM, time in-flight streams get to finish (default: 30s)")
+    cfg.add_argument("--no-dispatch-accounting", action="store_true",
+                     help="do not fold just-routed requests into endpoint metrics between scrapes")
     cfg.add_argument("--seed", type=int, help="seed the routing random source (tests, benchmarks)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run)
@@ -70,6 +72,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         honor_subset_hint=not args.disable_endpoint_subset_filter,
         max_request_body_bytes=args.max_request_body_bytes, decision_log_size=args.decision_log_size,
         shutdown_grace_period=args.shutdown_grace_period, seed=args.seed,
+        account_dispatches=not args.no_dispatch_accounting,
     )
 
 

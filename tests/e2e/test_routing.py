@@ -88,7 +88,7 @@ def test_picker_explains_decisions_and_exports_metrics(stack: Stack) -> None:
         decisions = json.load(response)["decisions"]
     profile = decisions[0]["profiles"]["default"]
     assert {s["plugin"].split("/")[1] for s in profile["scorers"]} == {
-        "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
+        "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "prefill-load-scorer"}
     with urllib.request.urlopen(f"{stack.admin_url}/metrics") as response:
         text = response.read().decode()
     assert "inference_objective_request_total{" in text

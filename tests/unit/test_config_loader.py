@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,9 @@ GIE_DEFAULT_TYPES = {
 }
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
 def load(text: str | None, registry: Registry | None = None) -> PickerConfig:
     handle = Handle(pool=EndpointPool(), rng=random.Random(1))
     return load_config(text, registry or default_registry(), handle)
@@ -142,8 +146,23 @@ def test_the_helm_default_config_loads_unchanged_with_gie_weights_and_auto_plugi
     [pytest.param(None, id="no config"), pytest.param("", id="an empty config"),
      pytest.param("  \n\n", id="a blank config")],
 )
-def test_the_built_in_default_equals_the_gie_default(text: str | None) -> None:
-    assert summary(load(text)) == summary(load(HELM_DEFAULT))
+def test_the_built_in_default_is_the_gie_default_plus_prefill_load(text: str | None) -> None:
+    built_in = summary(load(text))
+    gie = summary(load(HELM_DEFAULT))
+    assert built_in["profiles"]["default"]["scorers"] == [
+        *gie["profiles"]["default"]["scorers"], ("prefill-load-scorer", 3.0)]
+    assert sorted(built_in["producers"]) == ["approx-prefix-cache-producer", "inflight-load-producer"]
+    assert built_in == summary(load((CONFIG_DIR / "default.yaml").read_text()))
+
+
+@pytest.mark.parametrize("name", ["gie-default.yaml", "helm-default.yaml"])
+def test_the_checked_in_gie_configs_load_as_the_helm_default(name: str) -> None:
+    assert summary(load((CONFIG_DIR / name).read_text())) == summary(load(HELM_DEFAULT))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "envoy.yaml"))
+def test_every_example_config_loads(name: str) -> None:
+    assert load((CONFIG_DIR / name).read_text()).scheduler.profiles
 
 
 def test_the_helm_latency_predictor_config_fails_naming_the_first_unknown_plugin_type() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from epp.errors import ConfigError
+from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.scheduling import CycleState
 from epp.plugins.prefix.affinity_filter import PREDICTED_TTFT_KEY
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
 
 NO_EXPLORATION = {"explorationProbability": 0.0}
 

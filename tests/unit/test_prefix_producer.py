@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 from epp.datalayer.endpoint import EndpointMetadata
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
+from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.plugin import Handle
 from epp.framework.scheduling import CycleState
 from epp.plugins import default_registry
 from epp.plugins.prefix.hashing import hash_prompt
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
 
 BLOCK = 16 * 4  # default blockSizeTokens (16) in bytes
 PROMPT = bytes(range(32, 96)) * 4  # four full blocks

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from epp.errors import ConfigError
+from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.scheduling import CycleState, ScorerCategory
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
 
 
 def test_scores_are_the_matched_fraction_of_the_prompt(create: Any, make_endpoint: Any, make_request: Any) -> None:

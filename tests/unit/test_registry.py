@@ -21,7 +21,7 @@ from epp.requests.types import InferenceRequest
 IN_TREE_TYPES = [
     "approx-prefix-cache-producer", "core-metrics-extractor", "inflight-load-producer", "kv-cache-utilization-scorer",
     "load-imbalance-filter", "lora-affinity-scorer", "max-score-picker", "metrics-data-source", "openai-parser",
-    "prefix-cache-affinity-filter", "prefix-cache-scorer", "queue-scorer", "random-picker",
+    "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer", "queue-scorer", "random-picker",
     "running-requests-size-scorer", "single-profile-handler", "token-load-scorer", "weighted-random-picker",
 ]
 

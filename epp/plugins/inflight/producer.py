@@ -1,5 +1,4 @@
-"""``inflight-load-producer``: requests and tokens this picker has sent to each endpoint
-that have not finished yet.
+"""``inflight-load-producer``: what this picker has sent to each endpoint that has not finished.
 
 Unlike scraped queue lengths (up to one scrape interval old), these counts change the
 moment a request is routed, so a burst does not all land on the endpoint that looked
@@ -7,38 +6,63 @@ idle at the last scrape. PreRequest adds the request to its primary endpoint;
 ResponseComplete (also called when the client disconnects) removes exactly what was
 added, so counts cannot drift.
 
-Token estimate per request: input = prompt bytes / 4 (at least 1; request body bytes
-when there is no prompt text); output = the request's ``max_tokens`` (or
-``max_completion_tokens``) when given, else 1.5 × input, as in the Go EPP's estimator.
+Per endpoint it keeps:
+
+- ``requests`` and ``tokens`` in flight (the Go EPP's fields). Token estimate: input =
+  prompt bytes / 4 (at least 1; body bytes when there is no prompt text); output = the
+  request's ``max_tokens`` (or ``max_completion_tokens``) when given, else 1.5 × input.
+- ``prefill_backlog``: prompt tokens of in-flight requests that have not produced their
+  first response byte yet, excluding the blocks the endpoint already held (from the
+  prefix match, when a prefix producer ran). A request leaves the backlog at its first
+  response chunk. This is the work standing between a new request and its first token,
+  which neither queue length (a prefilling request counts as running) nor KV usage shows.
+
 No parameters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import prefix_match
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.requests.types import InferenceRequest
 
-__all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens"]
+__all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens", "prompt_tokens"]
 
 INFLIGHT_LOAD_KEY = "InFlightLoadKey"
 _OUTPUT_RATIO = 1.5
 _CHARS_PER_TOKEN = 4
 
 
+def prompt_tokens(request: InferenceRequest) -> int:
+    return max(1, (len(request.prompt) or request.size_bytes) // _CHARS_PER_TOKEN)
+
+
 def estimate_tokens(request: InferenceRequest) -> int:
-    size = len(request.prompt) or request.size_bytes
-    input_tokens = max(1, size // _CHARS_PER_TOKEN)
+    input_tokens = prompt_tokens(request)
     limit = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         return input_tokens + limit
     return input_tokens + round(input_tokens * _OUTPUT_RATIO)
 
 
+@dataclass(slots=True)
+class _Routed:
+    """What one request added to its endpoint, so exactly that is removed again."""
+
+    endpoint: str
+    tokens: int
+    prefill: int
+    epoch: int
+    started: bool = False
+
+
 class InFlightLoadProducer(BasePlugin):
-    """Counts requests and estimated tokens in flight per endpoint (picker-side, instantly fresh)."""
+    """Counts requests, tokens and prefill backlog in flight per endpoint (picker-side, instantly fresh)."""
 
     TYPE = "inflight-load-producer"
     PRODUCES = frozenset({INFLIGHT_LOAD_KEY})
@@ -47,6 +71,7 @@ class InFlightLoadProducer(BasePlugin):
         super().__init__(name, params, handle)
         self._requests: dict[str, int] = {}
         self._tokens: dict[str, int] = {}
+        self._prefill: dict[str, int] = {}
         # Bumped when an endpoint leaves the pool, so a request routed to an earlier
         # membership of the same name cannot release load added after it rejoined.
         self._epoch: dict[str, int] = {}
@@ -59,24 +84,40 @@ class InFlightLoadProducer(BasePlugin):
     def tokens(self, endpoint: str) -> int:
         return self._tokens.get(endpoint, 0)
 
+    def prefill_backlog(self, endpoint: str) -> int:
+        return self._prefill.get(endpoint, 0)
+
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
         cycle[INFLIGHT_LOAD_KEY] = self
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         endpoint = result.primary.endpoints[0].name
-        tokens = estimate_tokens(request)
+        match = prefix_match(cycle)
+        prefill = max(1, prompt_tokens(request) - match.matches.get(endpoint, 0) * match.block_size_tokens)
+        routed = _Routed(endpoint, estimate_tokens(request), prefill, self._epoch.get(endpoint, 0))
         self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
-        self._tokens[endpoint] = self._tokens.get(endpoint, 0) + tokens
-        request.plugin_state[self._state_key] = (endpoint, tokens, self._epoch.get(endpoint, 0))
+        self._tokens[endpoint] = self._tokens.get(endpoint, 0) + routed.tokens
+        self._prefill[endpoint] = self._prefill.get(endpoint, 0) + prefill
+        request.plugin_state[self._state_key] = routed
+
+    def _current(self, routed: _Routed) -> bool:
+        return routed.endpoint in self._requests and self._epoch.get(routed.endpoint, 0) == routed.epoch
+
+    def response_streaming(self, request: InferenceRequest, response: ResponseInfo, chunk: bytes) -> None:
+        routed = request.plugin_state.get(self._state_key)
+        if routed is not None and not routed.started:
+            routed.started = True
+            if self._current(routed):
+                self._prefill[routed.endpoint] -= routed.prefill
 
     def response_complete(self, request: InferenceRequest, response: ResponseInfo) -> None:
-        added = request.plugin_state.pop(self._state_key, None)
-        if added is None:
+        routed = request.plugin_state.pop(self._state_key, None)
+        if routed is None or not self._current(routed):
             return
-        endpoint, tokens, epoch = added
-        if endpoint in self._requests and self._epoch.get(endpoint, 0) == epoch:
-            self._requests[endpoint] -= 1
-            self._tokens[endpoint] -= tokens
+        self._requests[routed.endpoint] -= 1
+        self._tokens[routed.endpoint] -= routed.tokens
+        if not routed.started:
+            self._prefill[routed.endpoint] -= routed.prefill
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None
@@ -84,4 +125,5 @@ class InFlightLoadProducer(BasePlugin):
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self._requests.pop(endpoint.name, None)
         self._tokens.pop(endpoint.name, None)
+        self._prefill.pop(endpoint.name, None)
         self._epoch[endpoint.name] = self._epoch.get(endpoint.name, 0) + 1

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import PREFIX_MATCH_KEY, prefix_match
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.scheduling import CycleState
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, prefix_match
 from epp.requests.types import InferenceRequest
 
 __all__ = ["PREDICTED_TTFT_KEY", "PrefixAffinityFilterParams", "PrefixCacheAffinityFilter"]

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from prometheus_client import Gauge, Histogram
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.plugins.prefix.hashing import CHARS_PER_TOKEN, hash_prompt
 from epp.plugins.prefix.index import PrefixIndex
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, PrefixMatch
 from epp.requests.types import InferenceRequest
 
 __all__ = ["ApproxPrefixCacheProducer", "PrefixProducerParams"]

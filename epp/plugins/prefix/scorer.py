@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import PREFIX_MATCH_KEY, prefix_match
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin
 from epp.framework.scheduling import CycleState, ScorerCategory
 from epp.plugins.prefix.hashing import CHARS_PER_TOKEN
-from epp.plugins.prefix.match import PREFIX_MATCH_KEY, prefix_match
 from epp.requests.types import InferenceRequest
 
 __all__ = ["LegacyPrefixScorerParams", "PrefixCacheScorer"]

@@ -1,4 +1,8 @@
-"""The per-request prefix match data the producer writes and prefix plugins read."""
+"""Well-known per-request data that plugins (and the director) share through the cycle state.
+
+``PrefixMatch`` is written by a prefix-cache producer (``approx-prefix-cache-producer``) and
+read by prefix scorers and filters, and by the director's dispatch accounting.
+"""
 
 from __future__ import annotations
 

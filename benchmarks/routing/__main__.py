@@ -1,0 +1,123 @@
+"""Routing quality: time to first token and throughput by router, on simulated vLLM servers.
+
+For each workload and router, a fresh stack (``--replicas`` simulators, Envoy, and the picker
+when the router is one) receives the same open-loop request stream (Poisson arrivals at
+``--rate``), streaming with usage. Reported per router: TTFT p50/p90, output tokens/s,
+prefix-cache hit rate (cached / prompt tokens, from the simulators' usage), errors, and how
+requests spread over replicas; then ratios against round-robin measured in the same run.
+
+Routers (see routers.py): round-robin, envoy-least-request, envoy-random (Envoy alone),
+load-only (GIE queue + KV), gie-default (GIE's exact default), default (the built-in
+profile), default+lora.
+
+    python -m benchmarks.routing [--workloads shared-prefix,no-prefix,lora,hot-prefix]
+        [--routers round-robin,load-only,default] [--rate 16] [--seconds 30] [--replicas 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import Outcome, percentile, run_open_loop
+from benchmarks.overhead.__main__ import direct_bootstrap, start_envoy
+from benchmarks.routing.routers import ENVOY_POLICIES, ROUTERS
+from benchmarks.routing.workloads import Workload, build
+from epp.devstack.processes import ManagedProcess, free_port
+from epp.devstack.stack import Stack
+
+
+def run_one(workload: Workload, router: str, replicas: int, rate: float, seconds: float, workdir: Path
+            ) -> list[Outcome]:
+    config = ROUTERS[router]
+    stack = Stack(workdir, replicas, sim_args=workload.sim_args, config_text=config or None,
+                  picker_args=["--log-level", "warning"])
+    extra: list[ManagedProcess] = []
+    try:
+        stack.start_sims()
+        if config is None:
+            listen, admin = free_port(), free_port()
+            bootstrap = direct_bootstrap(listen, admin, stack.ports.sims, ENVOY_POLICIES[router])
+            extra.append(start_envoy(workdir, router, bootstrap, admin))
+            url = f"http://127.0.0.1:{listen}"
+        else:
+            stack.start_picker()
+            stack.start_envoy()
+            url = stack.url
+        outcomes, _ = asyncio.run(run_open_loop(url + workload.path, workload.requests, rate, seconds * 3))
+        return outcomes
+    finally:
+        for process in extra:
+            process.stop()
+        stack.stop()
+
+
+def summarize(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.status == 200]
+    ttft = [o.ttft for o in ok if o.ttft is not None]
+    prompt = sum(o.prompt_tokens for o in ok)
+    spread = Counter(o.upstream for o in ok)
+    # Throughput over the makespan: first request sent to last response finished.
+    makespan = (max(o.sent_at + o.latency for o in ok) - min(o.sent_at for o in ok)) if ok else seconds
+    return {
+        "requests": len(outcomes), "errors": len(outcomes) - len(ok),
+        "ttft_p50_ms": percentile(ttft, 50) * 1e3 if ttft else None,
+        "ttft_p90_ms": percentile(ttft, 90) * 1e3 if ttft else None,
+        "ttft_p99_ms": percentile(ttft, 99) * 1e3 if ttft else None,
+        "output_tokens_per_s": sum(o.output_tokens for o in ok) / makespan,
+        "hit_rate": sum(o.cached_tokens for o in ok) / prompt if prompt else 0.0,
+        "spread": sorted(spread.values(), reverse=True),
+    }
+
+
+def print_table(name: str, description: str, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\n== {name}: {description}")
+    print(f"{'router':>14} {'TTFT p50':>10} {'TTFT p90':>10} {'TTFT p99':>10} {'out tok/s':>10} {'hit rate':>9}"
+          f" {'errors':>7}  requests per replica")
+    for router, r in results.items():
+        def ms(v: float | None) -> str:
+            return f"{v:8.0f}ms" if v is not None else "       n/a"
+        print(f"{router:>14} {ms(r['ttft_p50_ms'])} {ms(r['ttft_p90_ms'])} {ms(r['ttft_p99_ms'])} "
+              f"{r['output_tokens_per_s']:10.0f} {r['hit_rate']:9.2f} {r['errors']:7d}  {r['spread']}")
+    base = results.get("round-robin")
+    if base and base["ttft_p90_ms"]:
+        for router, r in results.items():
+            if router != "round-robin" and r["ttft_p90_ms"]:
+                print(f"{router:>14}: p90 TTFT {base['ttft_p90_ms'] / r['ttft_p90_ms']:5.2f}x lower than round-robin,"
+                      f" throughput {r['output_tokens_per_s'] / base['output_tokens_per_s']:5.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default="shared-prefix,no-prefix,lora,hot-prefix")
+    parser.add_argument("--routers", default="round-robin,load-only,gie-default,default,default+lora")
+    parser.add_argument("--rate", type=float, default=16.0, help="requests per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="arrival window per run")
+    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write results here")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "replicas": args.replicas, "workloads": {}}
+    for name in args.workloads.split(","):
+        workload = build(name, args.rate, args.seconds, args.seed)
+        results = {}
+        for router in args.routers.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"epp-routing-{name}-{router}-") as workdir:
+                outcomes = run_one(workload, router, args.replicas, args.rate, args.seconds, Path(workdir))
+            results[router] = summarize(outcomes, args.seconds)
+            print(f"{name:>14} {router:>14}: done ({results[router]['requests']} requests)", flush=True)
+        report["workloads"][name] = {"description": workload.description, "results": results}
+        print_table(name, workload.description, results)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

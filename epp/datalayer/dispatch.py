@@ -1,0 +1,39 @@
+"""Dispatch accounting: fold a just-routed request into its endpoint's metrics until the next scrape.
+
+Scraped metrics are up to one interval old (50 ms by default). Without this, every
+request in that window sees the same numbers, and metric-based scorers send them all to
+the endpoint that looked least loaded at the last scrape: a herd that serialises their
+prefills. Measured on unique 2.5k-token prompts at 20 req/s over 4 simulated replicas,
+that made the GIE default profile 2x worse than round-robin at p90 TTFT
+(``benchmarks/routing``, workload ``no-prefix``).
+
+So when a request is routed, the endpoint's ``Metrics`` are replaced by an estimate:
+one more running request, and KV usage grown by the prompt tokens the endpoint does not
+already hold (prefix-matched blocks excluded). ``update_time`` is kept: this is still the
+old scrape, adjusted, and the next successful scrape replaces it with the truth. Scorers
+keep their GIE semantics; they just read fresher numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from epp.datalayer.endpoint import Endpoint
+
+__all__ = ["account_dispatch"]
+
+# Characters per token, the same approximation prefix hashing uses.
+_CHARS_PER_TOKEN = 4
+
+
+def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int = 0) -> None:
+    metrics = endpoint.metrics
+    if metrics.update_time == 0.0:
+        return  # never scraped: nothing to adjust, and no capacity to scale by
+    capacity = metrics.cache_block_size * metrics.cache_num_blocks
+    kv = metrics.kv_cache_usage_percent
+    if capacity > 0:
+        new_tokens = max(0, prompt_bytes // _CHARS_PER_TOKEN - cached_tokens)
+        kv = min(1.0, kv + new_tokens / capacity)
+    endpoint.metrics = replace(metrics, running_requests_size=metrics.running_requests_size + 1,
+                               kv_cache_usage_percent=kv)
