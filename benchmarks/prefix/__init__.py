@@ -1,0 +1,1 @@
+"""Prefix-cache micro-benchmark: hashing cost per request and index memory per block."""
