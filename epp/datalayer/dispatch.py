@@ -8,10 +8,17 @@ that made the GIE default profile 2x worse than round-robin at p90 TTFT
 (``benchmarks/routing``, workload ``no-prefix``).
 
 So when a request is routed, the endpoint's ``Metrics`` are replaced by an estimate:
-one more running request, and KV usage grown by the prompt tokens the endpoint does not
-already hold (prefix-matched blocks excluded). ``update_time`` is kept: this is still the
-old scrape, adjusted, and the next successful scrape replaces it with the truth. Scorers
-keep their GIE semantics; they just read fresher numbers.
+one more waiting request (as far as the picker knows it is queued there until a scrape
+shows where it is), and KV usage grown by the prompt tokens the endpoint does not already
+hold (prefix-matched blocks excluded). ``update_time`` is kept: this is still the old
+scrape, adjusted, and the next successful scrape replaces it with the truth. Scorers keep
+their GIE semantics; they just read fresher numbers.
+
+Counting it as waiting (not running) is what lets a burst sharing one hot prefix spill
+over: within one scrape interval the queue scorer sees the hot replica's queue grow and
+outweighs prefix affinity once the queue is worth more than the cache hit (measured:
+24 concurrent requests on one prefix went 24/0/0 to one replica when counted as
+running; see ``tests/e2e/test_routing.py``).
 """
 
 from __future__ import annotations
@@ -35,5 +42,5 @@ def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int =
     if capacity > 0:
         new_tokens = max(0, prompt_bytes // _CHARS_PER_TOKEN - cached_tokens)
         kv = min(1.0, kv + new_tokens / capacity)
-    endpoint.metrics = replace(metrics, running_requests_size=metrics.running_requests_size + 1,
+    endpoint.metrics = replace(metrics, waiting_queue_size=metrics.waiting_queue_size + 1,
                                kv_cache_usage_percent=kv)

@@ -93,3 +93,15 @@ def test_picker_explains_decisions_and_exports_metrics(stack: Stack) -> None:
         text = response.read().decode()
     assert "inference_objective_request_total{" in text
     assert 'inference_pool_ready_pods{name="default"} 3.0' in text
+
+
+async def test_a_hot_prefix_spills_over_to_another_replica_instead_of_queueing(stack: Stack) -> None:
+    system = ("You are the triage assistant of a hospital. Ask for symptoms, never diagnose, and escalate "
+              "anything urgent to a nurse immediately. ") * 25
+    # A burst far beyond one replica's 4 running slots, all sharing one (cold) prefix.
+    bodies = [chat(system, f"patient {i} reports a headache", max_tokens=60) for i in range(24)]
+    replies = await post_many(stack.url, bodies, path="/v1/chat/completions")
+    assert [r.status for r in replies] == [200] * 24
+    served = Counter(r.upstream for r in replies)
+    assert len(served) >= 2, served  # spilled over
+    assert max(served.values()) >= 6, served  # while the prefix still concentrates traffic

@@ -275,8 +275,8 @@ def test_plugins_are_sorted_into_the_request_lifecycle_lists() -> None:
                      id="prefix-cache-affinity-filter gets the approximate prefix producer"),
         pytest.param("token-load-scorer", "inflight-load-producer",
                      id="token-load-scorer gets the in-flight load producer"),
-        pytest.param("load-imbalance-filter", "inflight-load-producer",
-                     id="load-imbalance-filter gets the in-flight load producer"),
+        pytest.param("prefill-load-scorer", "inflight-load-producer",
+                     id="prefill-load-scorer gets the in-flight load producer"),
     ],
 )
 def test_a_config_naming_only_a_consumer_gets_its_default_producer(plugin_type: str, producer_type: str) -> None:

@@ -14,11 +14,11 @@ def scraped(**fields: Any) -> Metrics:
     return Metrics(cache_block_size=16, cache_num_blocks=1000, update_time=5.0, **fields)
 
 
-def test_a_dispatch_adds_a_running_request_and_its_uncached_kv(make_endpoint: Any) -> None:
+def test_a_dispatch_adds_a_waiting_request_and_its_uncached_kv(make_endpoint: Any) -> None:
     ep = make_endpoint("a")
-    ep.metrics = scraped(running_requests_size=2, kv_cache_usage_percent=0.25)
+    ep.metrics = scraped(running_requests_size=2, waiting_queue_size=1, kv_cache_usage_percent=0.25)
     account_dispatch(ep, prompt_bytes=16_000, cached_tokens=1000)
-    assert ep.metrics.running_requests_size == 3
+    assert (ep.metrics.running_requests_size, ep.metrics.waiting_queue_size) == (2, 2)
     assert ep.metrics.kv_cache_usage_percent == pytest.approx(0.25 + 3000 / 16_000)
     assert ep.metrics.update_time == 5.0  # still the old scrape, adjusted
 
@@ -37,8 +37,8 @@ def test_an_endpoint_never_scraped_is_left_alone(make_endpoint: Any) -> None:
     assert ep.metrics is before
 
 
-def test_without_cache_size_only_the_running_count_moves(make_endpoint: Any) -> None:
+def test_without_cache_size_only_the_queue_moves(make_endpoint: Any) -> None:
     ep = make_endpoint("a")
     ep.metrics = Metrics(kv_cache_usage_percent=0.5, update_time=1.0)
     account_dispatch(ep, prompt_bytes=4000)
-    assert (ep.metrics.running_requests_size, ep.metrics.kv_cache_usage_percent) == (1, 0.5)
+    assert (ep.metrics.waiting_queue_size, ep.metrics.kv_cache_usage_percent) == (1, 0.5)

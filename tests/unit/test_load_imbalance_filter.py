@@ -1,4 +1,4 @@
-"""``load-imbalance-filter``: drop endpoints far more loaded than the least-loaded one."""
+"""``load-imbalance-filter``: drop endpoints whose queue is far longer than the shortest."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from epp.datalayer.dispatch import account_dispatch
 from epp.errors import ConfigError
 from epp.framework.scheduling import CycleState
-from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY
 
 
 def kept(filter_: Any, make_request: Any, endpoints: list[Any], cycle: CycleState | None = None) -> list[str]:
@@ -34,27 +34,19 @@ def test_both_thresholds_must_be_exceeded_to_drop(create: Any, make_endpoint: An
     assert kept(filter_, make_request, endpoints) == expected
 
 
-def test_scraped_load_is_running_plus_waiting(create: Any, make_endpoint: Any, make_request: Any) -> None:
+def test_running_requests_are_not_load(create: Any, make_endpoint: Any, make_request: Any) -> None:
     filter_ = create("load-imbalance-filter", {"absoluteThreshold": 2, "relativeThreshold": 1.0})
-    endpoints = [make_endpoint("a", running_requests_size=1, waiting_queue_size=1),
-                 make_endpoint("b", running_requests_size=3, waiting_queue_size=2)]
-    assert kept(filter_, make_request, endpoints) == ["a"]
+    endpoints = [make_endpoint("a", running_requests_size=1), make_endpoint("b", running_requests_size=200)]
+    assert kept(filter_, make_request, endpoints) == ["a", "b"]  # b is busy, not queueing
 
 
-async def test_load_is_the_larger_of_in_flight_and_scraped(create: Any, make_endpoint: Any, make_request: Any,
-                                                           routed: Any) -> None:
-    producer = create("inflight-load-producer")
-    filter_ = create("load-imbalance-filter", {"absoluteThreshold": 2, "relativeThreshold": 1.0})
-    a = make_endpoint("a", running_requests_size=1)  # scrape says 1; 5 routed since -> 5
-    b = make_endpoint("b", running_requests_size=4)  # scrape says 4; nothing routed -> 4
-    c = make_endpoint("c", waiting_queue_size=1)
-    for i in range(5):
-        producer.pre_request(CycleState(), make_request(request_id=str(i)), routed(a))
-    cycle = CycleState()
-    await producer.prepare_data(cycle, make_request(), [a, b, c])
-    assert INFLIGHT_LOAD_KEY in cycle
-    # loads: a=max(5,1)=5, b=max(0,4)=4, c=max(0,1)=1 -> ceiling max(1+2, 1*1.0) = 3
-    assert kept(filter_, make_request, [a, b, c], cycle) == ["c"]
+def test_requests_routed_since_the_last_scrape_count_as_queued(create: Any, make_endpoint: Any,
+                                                               make_request: Any) -> None:
+    filter_ = create("load-imbalance-filter")
+    a, b = make_endpoint("a", update_time=1.0), make_endpoint("b", update_time=1.0)
+    for _ in range(9):  # a burst inside one scrape interval, all to a
+        account_dispatch(a, prompt_bytes=400)
+    assert kept(filter_, make_request, [a, b]) == ["b"]
 
 
 def test_the_least_loaded_endpoint_is_always_kept(create: Any, make_endpoint: Any, make_request: Any) -> None:
