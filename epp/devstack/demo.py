@@ -1,7 +1,8 @@
 """The requests ``epp stack`` sends to show routing, and the table it prints.
 
-Three chat requests share a long system prompt (they should land together: prefix
-affinity), two have unrelated prompts (spread by load), one streams, and one is
+Three streaming chat requests share a long system prompt: they land on one replica and
+the second and third skip most of the prefill (shorter time to first token). Two
+completions and a chat with another system prompt are spread by load, and one request is
 malformed JSON (the picker answers 400 through Envoy).
 """
 
@@ -37,18 +38,24 @@ def _requests() -> list[tuple[str, str, bytes, bool]]:
         return orjson.dumps({"model": MODEL, "max_tokens": 24, "stream": stream, "messages": [
             {"role": "system", "content": _SYSTEM}, {"role": "user", "content": question}]})
 
+    def other_chat(question: str) -> bytes:
+        import orjson
+
+        return orjson.dumps({"model": MODEL, "max_tokens": 24, "stream": True, "messages": [
+            {"role": "system", "content": "You are a terse poet. " * 60}, {"role": "user", "content": question}]})
+
     def completion(prompt: str) -> bytes:
         import orjson
 
         return orjson.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 16})
 
     return [
-        ("chat, shared system prompt (1)", "/v1/chat/completions", chat("Where is order 1234?"), False),
-        ("chat, shared system prompt (2)", "/v1/chat/completions", chat("Can I change the address?"), False),
-        ("chat, shared system prompt (3)", "/v1/chat/completions", chat("What is the refund policy?"), False),
+        ("chat, shared system prompt (1)", "/v1/chat/completions", chat("Where is order 1234?", True), True),
+        ("chat, shared system prompt (2)", "/v1/chat/completions", chat("Can I change the address?", True), True),
+        ("chat, shared system prompt (3)", "/v1/chat/completions", chat("What is the refund policy?", True), True),
         ("completion, unrelated prompt", "/v1/completions", completion("Write a haiku about autumn rain."), False),
         ("completion, another prompt", "/v1/completions", completion("List three prime numbers over 100."), False),
-        ("chat, streaming (SSE)", "/v1/chat/completions", chat("Summarise the policy.", stream=True), True),
+        ("chat, different system prompt", "/v1/chat/completions", other_chat("Summarise the policy."), True),
         ("malformed JSON", "/v1/completions", b'{"model": "x", "prompt": ', False),
     ]
 
