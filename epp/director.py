@@ -49,8 +49,7 @@ DEFAULT_FAIRNESS_ID = "default-flow"
 class Decision:
     """Where to send the request, and the body to send when it changed."""
 
-    destination: str  # "ip:port" or a comma list, primary first
-    endpoints: list[Endpoint]
+    destinations: list[str]  # "ip:port" of each chosen endpoint, primary first
     body: bytes | None  # None: forward the original bytes
 
 
@@ -154,7 +153,7 @@ class Director:
             self.metrics.request_total.labels(*labels, str(request.priority)).inc()
             self.metrics.request_sizes.labels(*labels).observe(len(new_body if new_body is not None else body))
             self.metrics.running_requests.labels(request.model).inc()
-        return Decision(",".join(ep.hostport for ep in endpoints), endpoints, new_body)
+        return Decision([ep.hostport for ep in endpoints], new_body)
 
     def _schedule(self, cycle: CycleState, request: InferenceRequest, candidates: list[Endpoint]) -> SchedulingResult:
         trace = None

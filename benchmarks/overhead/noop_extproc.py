@@ -34,11 +34,11 @@ class NoopProcessor(pb_grpc.ExternalProcessorServicer):
             kind = request.WhichOneof("request")
             if kind == "request_headers":
                 if request.request_headers.end_of_stream:
-                    yield messages.request_headers_response(self._next(), [], ())
+                    yield messages.request_headers_response([self._next()], [], ())
             elif kind == "request_body":
                 chunks.append(request.request_body.body)
                 if request.request_body.end_of_stream:
-                    yield messages.request_headers_response(self._next(), [], ())
+                    yield messages.request_headers_response([self._next()], [], ())
                     for response in messages.streamed_body(b"".join(chunks), True, request=True):
                         yield response
             elif kind == "response_headers":

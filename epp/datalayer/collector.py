@@ -91,8 +91,13 @@ class Collector:
     def endpoint_added(self, endpoint: Endpoint) -> None:
         if self._group is None or endpoint.name in self._tasks:
             return
+        poll = self._poll(endpoint)
+        try:
+            self._tasks[endpoint.name] = self._group.create_task(poll, name=f"scrape {endpoint.name}")
+        except RuntimeError:  # the group is shutting down: no new scrapes
+            poll.close()
+            return
         self._states[endpoint.name] = _State()
-        self._tasks[endpoint.name] = self._group.create_task(self._poll(endpoint), name=f"scrape {endpoint.name}")
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         task = self._tasks.pop(endpoint.name, None)
@@ -110,16 +115,21 @@ class Collector:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            await self._tick(endpoint, state)
+            try:
+                await self._tick(endpoint, state)
+            except Exception:  # noqa: BLE001 - a bug in one tick must not stop every endpoint's scrapes
+                log.exception("endpoint %s: collector tick failed", endpoint.name)
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     async def _tick(self, endpoint: Endpoint, state: _State) -> None:
         error = ""
         for binding in self.bindings:
             try:
-                data = await asyncio.wait_for(binding.source.collect(endpoint), self.timeout)
-            except asyncio.CancelledError:
-                raise
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that races with the scrape finishing (bpo-42130), which
+                # left removed endpoints scraped forever and hung shutdown.
+                async with asyncio.timeout(self.timeout):
+                    data = await binding.source.collect(endpoint)
             except TimeoutError:
                 error = f"timed out after {self.timeout:g}s"
                 continue

@@ -139,7 +139,7 @@ class PoolFileWatcher:
     def _signature(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
@@ -153,15 +153,17 @@ class PoolFileWatcher:
         self.pool.replace_all(parse_pool_file(text, str(self.path)))
 
     async def watch(self) -> None:
-        """Poll for changes until cancelled."""
+        """Poll for changes until cancelled; a failed reload keeps the current pool."""
         while True:
             await asyncio.sleep(self.poll_interval)
-            signature = self._signature()
-            if signature == self._seen:
-                continue
             try:
+                if self._signature() == self._seen:
+                    continue
                 self.load()
             except ConfigError as exc:
                 log.error("pool file change ignored, keeping %d endpoints: %s", len(self.pool.endpoints()), exc)
+            except Exception:  # noqa: BLE001 - e.g. a permission error; keep watching
+                log.exception("pool file %s: reload failed, keeping %d endpoints", self.path,
+                              len(self.pool.endpoints()))
             else:
                 log.info("pool file reloaded: %d endpoints", len(self.pool.endpoints()))

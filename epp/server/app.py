@@ -182,7 +182,9 @@ class PickerServer:
         self._servers.clear()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(self._tasks, timeout=5.0) if self._tasks else (set(), set())
+        for task in stuck:
+            log.error("background task %s did not stop within 5 s; exiting anyway", task.get_name())
         self._tasks.clear()
         if self.config is not None:
             for binding in self.config.data_bindings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -84,8 +85,15 @@ async def _serve(options: Any) -> int:
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal while draining: stop now
+            logging.getLogger("epp").warning("second signal: exiting without waiting for in-flight requests")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
     logging.getLogger("epp").info("shutting down: draining in-flight requests (up to %gs)",
                                   options.shutdown_grace_period)

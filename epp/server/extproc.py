@@ -124,7 +124,7 @@ class _Stream:
             # No body to parse (e.g. GET /v1/models): any ready endpoint will do.
             endpoint = self.director.random_endpoint(self.subset)
             self.decided = True
-            return [messages.request_headers_response(endpoint.hostport, self._extra_headers(None),
+            return [messages.request_headers_response([endpoint.hostport], self._extra_headers(None),
                                                       self._control_headers())]
         if not self.request_full_duplex:
             return [messages.continue_request_headers()]
@@ -169,10 +169,10 @@ class _Stream:
         self.decided = True
         extra = self._extra_headers(decision.body)
         if not self.request_full_duplex:
-            return [messages.buffered_request_body_response(decision.destination, extra, self._control_headers(),
-                                                            decision.body)]
+            return [messages.buffered_request_body_response(decision.destinations, extra,
+                                                            self._control_headers(), decision.body)]
         forward = decision.body if decision.body is not None else body
-        responses = [messages.request_headers_response(decision.destination, extra, self._control_headers()),
+        responses = [messages.request_headers_response(decision.destinations, extra, self._control_headers()),
                      *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
         if trailers:
             responses.append(messages.trailers_response(request=True))

@@ -4,7 +4,11 @@ The GIE endpoint-picker protocol, reduced to message shapes:
 
 - destination: request-headers response with header ``x-gateway-destination-endpoint``
   (overwrite) and ``clear_route_cache``, plus dynamic metadata
-  ``envoy.lb/x-gateway-destination-endpoint`` with the same value;
+  ``envoy.lb/x-gateway-destination-endpoint``. With several endpoints (a picker's
+  ``maxNumOfEndpoints`` > 1) the metadata holds the comma list, primary first, for gateways
+  that fall back along it, and the header holds only the primary: Envoy's ORIGINAL_DST
+  cluster reads the header as one address and answers 503 to a list (the Go EPP puts the
+  list in both);
 - bodies in FULL_DUPLEX_STREAMED mode go back as ``streamed_response`` chunks of at most
   62,000 bytes (the Go EPP's limit), ``end_of_stream`` on the last;
 - errors are an ``ImmediateResponse`` with the HTTP status and a plain-text body.
@@ -12,7 +16,7 @@ The GIE endpoint-picker protocol, reduced to message shapes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -53,31 +57,29 @@ def _fill_mutation(mutation: pb.HeaderMutation, set_headers: Iterable[tuple[str,
     mutation.remove_headers.extend(remove)
 
 
-def _fill_destination(response: pb.ProcessingResponse, destination: str) -> None:
-    fields = response.dynamic_metadata.fields[DESTINATION_NAMESPACE].struct_value.fields
-    fields[DESTINATION_HEADER].string_value = destination
-
-
-def request_headers_response(destination: str, set_headers: list[tuple[str, str]], remove: Iterable[str]
-                             ) -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse()
-    common = response.request_headers.response
+def _fill_destination(response: pb.ProcessingResponse, common: pb.CommonResponse, destinations: Sequence[str],
+                      set_headers: list[tuple[str, str]], remove: Iterable[str]) -> None:
     common.clear_route_cache = True
-    _fill_mutation(common.header_mutation, [(DESTINATION_HEADER, destination), *set_headers], remove)
-    _fill_destination(response, destination)
+    _fill_mutation(common.header_mutation, [(DESTINATION_HEADER, destinations[0]), *set_headers], remove)
+    fields = response.dynamic_metadata.fields[DESTINATION_NAMESPACE].struct_value.fields
+    fields[DESTINATION_HEADER].string_value = ",".join(destinations)
+
+
+def request_headers_response(destinations: Sequence[str], set_headers: list[tuple[str, str]],
+                             remove: Iterable[str]) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    _fill_destination(response, response.request_headers.response, destinations, set_headers, remove)
     return response
 
 
-def buffered_request_body_response(destination: str, set_headers: list[tuple[str, str]], remove: Iterable[str],
-                                   body: bytes | None) -> pb.ProcessingResponse:
+def buffered_request_body_response(destinations: Sequence[str], set_headers: list[tuple[str, str]],
+                                   remove: Iterable[str], body: bytes | None) -> pb.ProcessingResponse:
     """BUFFERED mode: headers are still held by Envoy, so the mutation rides on the body response."""
     response = pb.ProcessingResponse()
     common = response.request_body.response
-    common.clear_route_cache = True
-    _fill_mutation(common.header_mutation, [(DESTINATION_HEADER, destination), *set_headers], remove)
+    _fill_destination(response, common, destinations, set_headers, remove)
     if body is not None:
         common.body_mutation.body = body
-    _fill_destination(response, destination)
     return response
 
 

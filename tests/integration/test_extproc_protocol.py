@@ -187,3 +187,22 @@ async def test_empty_pool_headers_only_is_500_and_with_body_is_503(start_picker)
     async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as client:
         assert (await client.exchange(None)).status == 500
         assert (await client.exchange(completion())).status == 503
+
+
+async def test_several_endpoints_go_in_metadata_and_the_primary_in_the_header(start_picker) -> None:  # type: ignore[no-untyped-def]
+    config = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: max-score-picker
+  parameters: {maxNumOfEndpoints: 2}
+dataLayer:
+  sources: []
+"""
+    server = await start_picker(config=config)
+    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as client:
+        result = await client.exchange(completion())
+    listed = result.metadata_destination.split(",")  # type: ignore[union-attr]
+    assert len(listed) == 2 and set(listed) <= ENDPOINTS
+    assert result.destination == listed[0]  # one address: what ORIGINAL_DST can use

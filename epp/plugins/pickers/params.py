@@ -11,8 +11,9 @@ __all__ = ["PickerParams"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PickerParams:
-    """``maxNumOfEndpoints``: how many endpoints to return (the destination becomes a
-    comma list Envoy can fall back along); at least 1."""
+    """``maxNumOfEndpoints``: how many endpoints to return, at least 1. Envoy is sent the
+    first in ``x-gateway-destination-endpoint``; the whole list, primary first, goes in the
+    ``envoy.lb`` metadata for gateways that fall back along it."""
 
     max_num_of_endpoints: int = 1
 
