@@ -197,8 +197,12 @@ class Director:
             except Exception:  # noqa: BLE001
                 log.exception("response-received plugin %s failed", getattr(plugin, "typed_name", plugin))
 
-    def response_chunk(self, ctx: RequestContext, chunk: bytes, end_of_stream: bool) -> bytes:
-        """Account for one response body chunk; returns the bytes to forward."""
+    def response_chunk(self, ctx: RequestContext, chunk: bytes, end_of_stream: bool, rewrite: bool = True) -> bytes:
+        """Account for one response body chunk; returns the bytes to forward.
+
+        ``rewrite``: whether the chunk may be changed (the model name given back); the
+        transport says no when Envoy's response mode cannot take a body of another length.
+        """
         ctx.chunk_seen(chunk)
         request = ctx.request
         if request is not None:
@@ -207,7 +211,7 @@ class Director:
                     plugin.response_streaming(request, ctx.response, chunk)
                 except Exception:  # noqa: BLE001
                     log.exception("response-streaming plugin %s failed", getattr(plugin, "typed_name", plugin))
-            if request.target_model != request.model:
+            if rewrite and request.target_model != request.model:
                 chunk = rewrite_model_name(chunk, request.target_model, request.model)
         if end_of_stream:
             self.finish(ctx, completed=True)

@@ -1,11 +1,19 @@
 """The ext_proc stream state machine: one gRPC stream is one HTTP request.
 
 Transport only: it decodes Envoy's messages, reassembles the request body, asks the
-director for a decision and encodes the answer. It supports Envoy's request body modes
-FULL_DUPLEX_STREAMED (the GIE default: the body arrives in chunks and must be sent back)
-and BUFFERED (the body arrives whole; the header mutation rides on the body response),
-learnt from ``protocol_config`` on the first message. Response bodies pass through chunk
-by chunk as they arrive, SSE included.
+director for a decision and encodes the answer. Request body modes, learnt from
+``protocol_config`` on the first message:
+
+- FULL_DUPLEX_STREAMED (the GIE default): the body arrives in chunks, the decision is sent
+  with the last one, and the body is sent back (with its ``content-length``);
+- BUFFERED: the body arrives whole in one message; the header mutation rides on the body
+  response;
+- anything else (STREAMED, BUFFERED_PARTIAL) cannot carry a destination before the headers
+  leave Envoy, so such requests are refused with a 500 that names the setting to change.
+
+Response bodies pass through chunk by chunk as they arrive, SSE included. A response body
+is rewritten (the model name given back to the client) only in FULL_DUPLEX_STREAMED and
+BUFFERED response modes, where its length may change.
 
 Failure handling: a ``PickerError`` becomes an ImmediateResponse and ends the stream; any
 other exception becomes a 500 and a log line. When the stream ends for any reason
@@ -24,7 +32,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.director import Director
-from epp.errors import BadRequest, InternalError, PayloadTooLarge, PickerError
+from epp.errors import InternalError, PayloadTooLarge, PickerError
 from epp.request_context import RequestContext
 from epp.server import messages
 
@@ -45,6 +53,8 @@ CONTROL_HEADERS = (
     "x-gateway-destination-endpoint-served",
 )
 _FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
+_BUFFERED = modes.ProcessingMode.BUFFERED
+_REQUEST_MODES = (_FULL_DUPLEX, _BUFFERED)
 
 
 def _headers(message: pb.HttpHeaders) -> dict[str, str]:
@@ -67,14 +77,14 @@ def _subset_hint(request: pb.ProcessingRequest) -> list[str] | None:
 class _Stream:
     """State of one ext_proc stream."""
 
-    __slots__ = ("director", "max_body", "request_full_duplex", "response_full_duplex", "headers", "chunks",
+    __slots__ = ("director", "max_body", "request_mode", "response_mode", "headers", "chunks",
                  "body_size", "ctx", "subset", "generated_id", "decided", "pending")
 
     def __init__(self, director: Director, max_body: int) -> None:
         self.director = director
         self.max_body = max_body
-        self.request_full_duplex = True
-        self.response_full_duplex = True
+        self.request_mode: int = _FULL_DUPLEX
+        self.response_mode: int = _FULL_DUPLEX
         self.headers: dict[str, str] = {}
         self.chunks: list[bytes] = []
         self.body_size = 0
@@ -90,9 +100,8 @@ class _Stream:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             if request.HasField("protocol_config"):
-                config = request.protocol_config
-                self.request_full_duplex = config.request_body_mode == _FULL_DUPLEX
-                self.response_full_duplex = config.response_body_mode == _FULL_DUPLEX
+                self.request_mode = request.protocol_config.request_body_mode
+                self.response_mode = request.protocol_config.response_body_mode
             return self._request_headers(request)
         if kind == "request_body":
             body = request.request_body
@@ -109,7 +118,7 @@ class _Stream:
             if self.ctx is not None:
                 self.director.finish(self.ctx, completed=True)
             return [messages.trailers_response(request=False)]
-        raise BadRequest(f"unexpected ext_proc message {kind!r}")
+        raise InternalError(f"unexpected ext_proc message {kind!r}")
 
     def _request_headers(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         self.headers = _headers(request.request_headers)
@@ -126,7 +135,11 @@ class _Stream:
             self.decided = True
             return [messages.request_headers_response([endpoint.hostport], self._extra_headers(None),
                                                       self._control_headers())]
-        if not self.request_full_duplex:
+        if self.request_mode not in _REQUEST_MODES:
+            name = modes.ProcessingMode.BodySendMode.Name(self.request_mode)  # type: ignore[arg-type]
+            raise InternalError(f"ext_proc request_body_mode {name} cannot carry a destination; "
+                                "configure FULL_DUPLEX_STREAMED (or BUFFERED)")
+        if self.request_mode == _BUFFERED:
             return [messages.continue_request_headers()]
         return []
 
@@ -134,28 +147,28 @@ class _Stream:
         # Only those present: every removal is work for Envoy on every request.
         return [name for name in CONTROL_HEADERS if name in self.headers]
 
-    def _extra_headers(self, new_body: bytes | None) -> list[tuple[str, str]]:
+    def _extra_headers(self, body: bytes | None) -> list[tuple[str, str]]:
+        """Headers to set besides the destination; ``body``: what is forwarded, if it has a length to state."""
         extra = []
         if self.generated_id:
             extra.append((REQUEST_ID_HEADER, self.headers[REQUEST_ID_HEADER]))
-        if new_body is not None:
-            extra.append(("content-length", str(len(new_body))))
+        if body is not None:
+            extra.append(("content-length", str(len(body))))
         return extra
 
     def _request_body(self, chunk: bytes, end_of_stream: bool, trailers: bool = False
                       ) -> list[pb.ProcessingResponse]:
         if self.decided or self.pending:
-            raise BadRequest("request body after the request was routed")
+            raise InternalError("ext_proc protocol error: request body after the request was routed")
         if chunk:
             self.body_size += len(chunk)
             if self.body_size > self.max_body:
                 raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
             self.chunks.append(chunk)
-        if end_of_stream or trailers:
+        # BUFFERED mode sends the whole body in one message, with end_of_stream false when
+        # trailers follow: that message is the complete body.
+        if end_of_stream or trailers or self.request_mode == _BUFFERED:
             self.pending = "trailers" if trailers else "body"
-            return []
-        if not self.request_full_duplex:  # STREAMED mode: acknowledge each chunk
-            return [messages.continue_request_body()]
         return []
 
     async def decide(self) -> list[pb.ProcessingResponse]:
@@ -167,11 +180,11 @@ class _Stream:
         assert self.ctx is not None
         decision = await self.director.handle_request(self.ctx, self.headers, body, self.subset)
         self.decided = True
-        extra = self._extra_headers(decision.body)
-        if not self.request_full_duplex:
-            return [messages.buffered_request_body_response(decision.destinations, extra,
+        if self.request_mode == _BUFFERED:
+            return [messages.buffered_request_body_response(decision.destinations, self._extra_headers(decision.body),
                                                             self._control_headers(), decision.body)]
         forward = decision.body if decision.body is not None else body
+        extra = self._extra_headers(forward)
         responses = [messages.request_headers_response(decision.destinations, extra, self._control_headers()),
                      *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
         if trailers:
@@ -186,8 +199,11 @@ class _Stream:
         return [messages.continue_response_headers()]
 
     def _response_body(self, chunk: bytes, end_of_stream: bool) -> list[pb.ProcessingResponse]:
-        forward = self.director.response_chunk(self.ctx, chunk, end_of_stream) if self.ctx is not None else chunk
-        if self.response_full_duplex:
+        rewrite = self.response_mode in _REQUEST_MODES  # modes in which the body length may change
+        forward = chunk
+        if self.ctx is not None:
+            forward = self.director.response_chunk(self.ctx, chunk, end_of_stream, rewrite)
+        if self.response_mode == _FULL_DUPLEX:
             return messages.streamed_body(forward, end_of_stream, request=False)
         return [messages.continue_response_body(forward if forward is not chunk else None)]
 

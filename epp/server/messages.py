@@ -130,10 +130,15 @@ def continue_request_body() -> pb.ProcessingResponse:
 
 
 def continue_response_body(body: bytes | None = None) -> pb.ProcessingResponse:
+    """BUFFERED response: pass on, or replace the body (and its ``content-length``, which
+    Envoy requires to match a replaced buffered body)."""
     if body is None:
         return _CONTINUE_RESPONSE_BODY
-    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
-        body_mutation=pb.BodyMutation(body=body))))
+    response = pb.ProcessingResponse()
+    common = response.response_body.response
+    common.body_mutation.body = body
+    _fill_mutation(common.header_mutation, [("content-length", str(len(body)))], ())
+    return response
 
 
 def trailers_response(request: bool) -> pb.ProcessingResponse:

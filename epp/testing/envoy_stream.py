@@ -118,6 +118,8 @@ class ExtProcClient:
         response_chunks: Sequence[bytes] = (),
         request_trailers: bool = False,
         abort_after_request: bool = False,
+        request_mode: int | None = None,
+        response_mode: int | None = None,
         timeout: float = 10.0,
     ) -> StreamResult:
         """Run one request through the picker; ``body=None`` sends a headers-only request."""
@@ -125,8 +127,9 @@ class ExtProcClient:
                        "content-type": "application/json", **(headers or {})}
         mode = _BUFFERED if buffered else _FULL_DUPLEX
         first = pb.ProcessingRequest(request_headers=_headers(all_headers, body is None),
-                                     protocol_config=pb.ProtocolConfiguration(request_body_mode=mode,
-                                                                              response_body_mode=mode))
+                                     protocol_config=pb.ProtocolConfiguration(
+                                         request_body_mode=mode if request_mode is None else request_mode,
+                                         response_body_mode=mode if response_mode is None else response_mode))
         if subset is not None:
             hint = struct_pb2.Struct()
             hint.fields["x-gateway-destination-endpoint-subset"].list_value.extend(list(subset))
@@ -181,8 +184,12 @@ class ExtProcClient:
             if buffered:
                 await read_until(lambda r: r.HasField("request_headers"), deadline)
                 if result.immediate is None:
-                    await write(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
+                    await write(pb.ProcessingRequest(request_body=pb.HttpBody(body=body,
+                                                                              end_of_stream=not request_trailers)))
                     await read_until(lambda r: r.HasField("request_body"), deadline)
+                if request_trailers and result.immediate is None:
+                    await write(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
+                    await read_until(lambda r: r.HasField("request_trailers"), deadline)
             else:
                 size = max(1, -(-len(body) // chunks))
                 pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
 
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
@@ -206,3 +207,42 @@ dataLayer:
     listed = result.metadata_destination.split(",")  # type: ignore[union-attr]
     assert len(listed) == 2 and set(listed) <= ENDPOINTS
     assert result.destination == listed[0]  # one address: what ORIGINAL_DST can use
+
+
+async def test_forwarded_body_states_its_content_length(envoy: ExtProcClient) -> None:
+    body = completion("a" * 70_000)
+    result = await envoy.exchange(body, chunks=3)
+    assert result.set_headers["content-length"] == str(len(body))
+
+
+async def test_a_request_body_mode_that_cannot_carry_a_destination_is_refused(envoy: ExtProcClient) -> None:
+    streamed = modes.ProcessingMode.STREAMED
+    result = await envoy.exchange(completion(), request_mode=streamed)
+    assert result.status == 500
+    assert b"request_body_mode STREAMED" in result.immediate.body  # type: ignore[union-attr]
+    assert b"FULL_DUPLEX_STREAMED" in result.immediate.body  # type: ignore[union-attr]
+
+
+async def test_buffered_body_followed_by_trailers_is_routed(envoy: ExtProcClient) -> None:
+    result = await envoy.exchange(completion(), buffered=True, request_trailers=True)
+    assert result.destination in ENDPOINTS
+    assert any(r.HasField("request_trailers") for r in result.responses)
+
+
+async def test_buffered_response_rewrite_restates_content_length(envoy: ExtProcClient) -> None:
+    response = b'{"id":"1","model":"short","choices":[]}'
+    result = await envoy.exchange(completion(), buffered=True, headers={"x-gateway-model-name-rewrite": "short"},
+                                  response_headers={"content-type": "application/json"}, response_chunks=[response])
+    reply = result.responses[-1].response_body.response
+    assert orjson.loads(reply.body_mutation.body)["model"] == MODEL
+    lengths = {h.header.key: h.header.raw_value for h in reply.header_mutation.set_headers}
+    assert lengths["content-length"] == str(len(reply.body_mutation.body)).encode()
+
+
+async def test_streamed_response_mode_passes_bodies_unchanged(envoy: ExtProcClient) -> None:
+    response = b'{"id":"1","model":"short","choices":[]}'
+    result = await envoy.exchange(completion(), headers={"x-gateway-model-name-rewrite": "short"},
+                                  response_mode=modes.ProcessingMode.STREAMED,
+                                  response_headers={"content-type": "application/json"}, response_chunks=[response])
+    reply = result.responses[-1].response_body.response
+    assert not reply.HasField("body_mutation")  # length cannot change after headers left
