@@ -96,14 +96,15 @@ class Director:
     # --- request path -------------------------------------------------------------
 
     def candidates(self, subset: Sequence[str] | None) -> list[Endpoint]:
-        # Readiness comes from scrapes; if every endpoint looks down, route anyway rather
-        # than refuse everything on a scrape misconfiguration.
-        endpoints = self.pool.ready_endpoints() or self.pool.endpoints()
+        endpoints: Sequence[Endpoint] = self.pool.endpoints()
         if subset is not None and self.honor_subset_hint:
             endpoints = subset_candidates(endpoints, subset)
-        if not endpoints:
+        # Readiness comes from scrapes; if every allowed endpoint looks down, route anyway
+        # rather than refuse everything on a scrape misconfiguration.
+        ready = [ep for ep in endpoints if ep.ready]
+        if not ready and not endpoints:
             raise ServiceUnavailable("failed to find endpoint candidates for serving the request")
-        return list(endpoints)
+        return ready or list(endpoints)
 
     def random_endpoint(self, subset: Sequence[str] | None) -> Endpoint:
         """For headers-only requests (no body to parse): a uniformly random candidate."""

@@ -7,6 +7,7 @@ instantiates plugins; ``epp.config.loader`` does that.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -180,8 +181,9 @@ def _profiles(raw: Any) -> tuple[ProfileSpec, ...]:
             ref_where = f"{where}.plugins[{j}]"
             ref = _mapping(ref, ref_where, frozenset({"pluginRef", "weight"}), ("pluginRef",))
             weight = ref.get("weight")
-            if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0):
-                raise ConfigError(f"{ref_where}.weight", "expected a non-negative number", weight)
+            if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
+                                       or not math.isfinite(weight)):
+                raise ConfigError(f"{ref_where}.weight", "expected a finite number", weight)
             refs.append(ProfileEntry(_str(ref["pluginRef"], f"{ref_where}.pluginRef"),
                                      None if weight is None else float(weight), ref_where))
         profiles.append(ProfileSpec(name, tuple(refs), where))

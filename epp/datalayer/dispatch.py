@@ -42,5 +42,5 @@ def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int =
     if capacity > 0:
         new_tokens = max(0, prompt_bytes // _CHARS_PER_TOKEN - cached_tokens)
         kv = min(1.0, kv + new_tokens / capacity)
-    endpoint.metrics = replace(metrics, waiting_queue_size=metrics.waiting_queue_size + 1,
-                               kv_cache_usage_percent=kv)
+    endpoint.estimate(replace(metrics, waiting_queue_size=metrics.waiting_queue_size + 1,
+                              kv_cache_usage_percent=kv))

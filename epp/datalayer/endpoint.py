@@ -78,19 +78,38 @@ class Metrics:
 class Endpoint:
     """A pool member: metadata, the latest metrics and its readiness.
 
+    ``metrics`` is what scorers read: the last scrape, possibly adjusted by the picker's
+    own estimate of what it routed there since (``estimate``, see ``dispatch``).
+    ``scraped_metrics`` is the last scrape alone; extractors build on it, so a scrape
+    replaces the estimate even when it lacks some series. Assigning ``metrics`` records a
+    scrape (both change).
+
     ``ready`` turns false when the collector has failed to reach the endpoint for a
     while (see ``Collector``); candidate selection skips endpoints that are not ready.
     """
 
-    __slots__ = ("metadata", "metrics", "ready", "hostport", "name")
+    __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "hostport", "name")
 
     def __init__(self, metadata: EndpointMetadata, metrics: Metrics | None = None) -> None:
         self.metadata = metadata
         self.metrics = metrics or Metrics()
         self.ready = True
-        # Cached because they are read on every request.
+        # Cached because they are read on every request (the address never changes: a
+        # new address under the same name is a new Endpoint, see EndpointPool).
         self.hostport = metadata.hostport
         self.name = metadata.name
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, scraped: Metrics) -> None:
+        self._metrics = self.scraped_metrics = scraped
+
+    def estimate(self, metrics: Metrics) -> None:
+        """Replace what scorers read until the next scrape, keeping the scraped truth."""
+        self._metrics = metrics
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} {self.hostport}>"

@@ -36,7 +36,6 @@ class EndpointPool:
     def __init__(self, name: str = "default") -> None:
         self.name = name
         self._endpoints: dict[str, Endpoint] = {}
-        self._by_hostport: dict[str, Endpoint] = {}
         self._all: tuple[Endpoint, ...] = ()
         self._ready: tuple[Endpoint, ...] | None = None
         self._listeners: list[PoolListener] = []
@@ -59,9 +58,6 @@ class EndpointPool:
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)
 
-    def by_hostport(self, hostport: str) -> Endpoint | None:
-        return self._by_hostport.get(hostport)
-
     def set_ready(self, endpoint: Endpoint, ready: bool) -> None:
         if endpoint.ready != ready:
             endpoint.ready = ready
@@ -70,16 +66,21 @@ class EndpointPool:
     def replace_all(self, members: Iterable[EndpointMetadata]) -> tuple[list[Endpoint], list[Endpoint]]:
         """Make the pool exactly ``members``; returns ``(added, removed)``.
 
-        A member whose metadata changed (labels, metrics port) keeps its ``Endpoint``
-        object, metrics and readiness; only its metadata is swapped.
+        A member whose labels or metrics port changed keeps its ``Endpoint`` object, metrics
+        and readiness; only its metadata is swapped. A member whose address or port changed
+        is a different server under the same name: it is removed and added again, so
+        listeners drop what they knew of the old one (cached prefixes, in-flight counts).
         """
         desired: dict[str, EndpointMetadata] = {}
         for meta in members:
             if meta.name in desired:
                 raise ValueError(f"duplicate endpoint name {meta.name!r}")
             desired[meta.name] = meta
-        removed = [ep for name, ep in self._endpoints.items() if name not in desired]
+        removed = [ep for name, ep in self._endpoints.items()
+                   if name not in desired or ep.hostport != desired[name].hostport]
         added: list[Endpoint] = []
+        for endpoint in removed:
+            del self._endpoints[endpoint.name]
         for name, meta in desired.items():
             current = self._endpoints.get(name)
             if current is None:
@@ -88,11 +89,7 @@ class EndpointPool:
                 added.append(endpoint)
             elif current.metadata != meta:
                 current.metadata = meta
-                current.hostport = meta.hostport
-        for endpoint in removed:
-            del self._endpoints[endpoint.name]
         self._all = tuple(self._endpoints.values())
-        self._by_hostport = {ep.hostport: ep for ep in self._all}
         self._ready = None
         self.synced = True
         for endpoint in removed:

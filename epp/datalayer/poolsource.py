@@ -68,12 +68,14 @@ def _port(value: Any, where: str) -> int:
 
 def parse_endpoint_list(text: str) -> list[EndpointMetadata]:
     """Parse ``--endpoints`` (comma-separated ``ip:port``)."""
-    members = []
+    members: dict[str, EndpointMetadata] = {}
     for i, item in enumerate(part for part in text.split(",") if part.strip()):
         address, port = parse_hostport(item, f"--endpoints[{i}]")
-        members.append(EndpointMetadata(name=format_hostport(address, port), address=address, port=port,
-                                        metrics_port=port))
-    return members
+        name = format_hostport(address, port)
+        if name in members:
+            raise ConfigError(f"--endpoints[{i}]", "endpoint listed twice", item)
+        members[name] = EndpointMetadata(name=name, address=address, port=port, metrics_port=port)
+    return list(members.values())
 
 
 def _entry(raw: Any, where: str) -> EndpointMetadata:

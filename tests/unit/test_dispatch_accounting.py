@@ -8,6 +8,11 @@ import pytest
 
 from epp.datalayer.dispatch import account_dispatch
 from epp.datalayer.endpoint import Metrics
+from epp.datalayer.pool import EndpointPool
+from epp.datalayer.promtext import Sample
+from epp.framework.plugin import Handle
+from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor, ExtractionError
+from epp.plugins.datalayer.metrics_source import ScrapedSeries
 
 
 def scraped(**fields: Any) -> Metrics:
@@ -42,3 +47,18 @@ def test_without_cache_size_only_the_queue_moves(make_endpoint: Any) -> None:
     ep.metrics = Metrics(kv_cache_usage_percent=0.5, update_time=1.0)
     account_dispatch(ep, prompt_bytes=4000)
     assert (ep.metrics.waiting_queue_size, ep.metrics.kv_cache_usage_percent) == (1, 0.5)
+
+
+def test_a_scrape_replaces_the_estimate_even_without_a_queue_series(make_endpoint: Any) -> None:
+
+    ep = make_endpoint("a")
+    ep.metrics = scraped(waiting_queue_size=1)
+    for _ in range(20):
+        account_dispatch(ep, prompt_bytes=400)
+    assert ep.metrics.waiting_queue_size == 21
+    extractor = CoreMetricsExtractor("x", None, Handle(pool=EndpointPool()))
+    page = ScrapedSeries({"vllm:num_requests_running": [Sample({}, 3.0)],
+                          "vllm:kv_cache_usage_perc": [Sample({}, 0.1)]})
+    with pytest.raises(ExtractionError):  # the waiting series is missing
+        extractor.extract(page, ep)
+    assert (ep.metrics.waiting_queue_size, ep.metrics.running_requests_size) == (1, 3)  # the estimate is gone

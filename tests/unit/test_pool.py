@@ -81,28 +81,35 @@ def test_a_metadata_change_keeps_the_endpoint_object_metrics_and_readiness() -> 
     assert a is not None
     a.metrics = Metrics(kv_cache_usage_percent=0.5)
     pool.set_ready(a, False)
-    added, removed = pool.replace_all([meta("a", "10.0.0.7", 9000, 9090, {"tier": "gold"})])
+    added, removed = pool.replace_all([meta("a", "10.0.0.1", 8000, 9090, {"tier": "gold"})])
     assert (added, removed) == ([], [])
     assert recorder.events == [("added", "a")]
     assert pool.get("a") is a
-    assert (a.metadata.address, a.metadata.metrics_port, dict(a.metadata.labels)) == ("10.0.0.7", 9090,
-                                                                                       {"tier": "gold"})
-    assert a.hostport == "10.0.0.7:9000"
+    assert (a.metadata.metrics_port, dict(a.metadata.labels)) == (9090, {"tier": "gold"})
     assert a.metrics.kv_cache_usage_percent == 0.5 and a.ready is False
-    assert pool.by_hostport("10.0.0.7:9000") is a
-    assert pool.by_hostport("10.0.0.1:8000") is None
+
+
+def test_a_new_address_under_the_same_name_is_a_new_endpoint() -> None:
+    pool = EndpointPool()
+    recorder = Recorder()
+    pool.add_listener(recorder)
+    pool.replace_all([meta("a", "10.0.0.1", 8000)])
+    old = pool.get("a")
+    assert old is not None
+    old.metrics = Metrics(kv_cache_usage_percent=0.5)
+    added, removed = pool.replace_all([meta("a", "10.0.0.7", 9000)])
+    new = pool.get("a")
+    assert new is not None and new is not old
+    assert (removed, added) == ([old], [new])
+    assert recorder.events == [("added", "a"), ("removed", "a"), ("added", "a")]
+    assert new.hostport == "10.0.0.7:9000"
+    assert new.metrics == Metrics() and new.ready is True
 
 
 def test_duplicate_names_in_one_update_are_rejected() -> None:
     pool = EndpointPool()
     with pytest.raises(ValueError, match="duplicate endpoint name 'a'"):
         pool.replace_all([meta("a"), meta("a", "10.0.0.2")])
-
-
-def test_by_hostport_finds_ipv6_endpoints_in_brackets() -> None:
-    pool = EndpointPool()
-    pool.replace_all([meta("v6", "fd00::1", 8000), meta("v4", "10.0.0.1", 8000)])
-    assert names([pool.by_hostport("[fd00::1]:8000"), pool.by_hostport("10.0.0.1:8000")]) == ["v6", "v4"]  # type: ignore[list-item]
 
 
 def test_ready_endpoints_follow_set_ready() -> None:

@@ -146,7 +146,8 @@ class CoreMetricsExtractor(BasePlugin):
         self._cache_info(data, engine, updates)
         if updates:
             updates["update_time"] = self._clock()
-            endpoint.metrics = replace(endpoint.metrics, **updates)
+            # Built on the last scrape, not on the picker's estimate: a new scrape replaces it.
+            endpoint.metrics = replace(endpoint.scraped_metrics, **updates)
         if missing:
             raise ExtractionError(f"engine {engine.name}: series missing or malformed: {', '.join(missing)}")
 
