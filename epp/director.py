@@ -27,15 +27,17 @@ from epp.config.loader import PickerConfig
 from epp.datalayer.dispatch import account_dispatch
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.pool import EndpointPool
+from epp.datalayer.subset import subset_candidates
 from epp.errors import InternalError, PickerError, ServiceUnavailable
 from epp.framework.attributes import prefix_match
 from epp.framework.scheduling import CycleState, SchedulingResult
+from epp.hookerrors import HookErrors
 from epp.metrics import PickerMetrics
 from epp.request_context import RequestContext
 from epp.requests.types import InferenceRequest
 from epp.scheduling.trace import DecisionLog, DecisionTrace
 
-__all__ = ["Decision", "Director"]
+__all__ = ["Decision", "Director", "rewrite_model_name"]
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +53,6 @@ class Decision:
 
     destinations: list[str]  # "ip:port" of each chosen endpoint, primary first
     body: bytes | None  # None: forward the original bytes
-
-
-def subset_candidates(endpoints: Sequence[Endpoint], subset: Sequence[str]) -> list[Endpoint]:
-    """Endpoints named by the proxy's subset hint.
-
-    An entry ``ip:port`` selects that endpoint; if no endpoint has that exact address the
-    entry falls back to matching by IP (the Go EPP matches by IP only, which cannot tell
-    apart several servers on one host).
-    """
-    by_hostport = {ep.hostport: ep for ep in endpoints}
-    chosen: dict[str, Endpoint] = {}
-    for entry in subset:
-        exact = by_hostport.get(entry)
-        if exact is not None:
-            chosen[exact.name] = exact
-            continue
-        ip = entry.rsplit(":", 1)[0].strip("[]") if entry.count(":") == 1 or entry.startswith("[") else entry
-        for ep in endpoints:
-            if ep.metadata.address == ip:
-                chosen[ep.name] = ep
-    return [ep for ep in endpoints if ep.name in chosen]
 
 
 class Director:
@@ -92,6 +73,7 @@ class Director:
         self.decisions = decisions or DecisionLog(0)
         self.honor_subset_hint = honor_subset_hint
         self.account_dispatches = account_dispatches
+        self._errors = HookErrors()
 
     # --- request path -------------------------------------------------------------
 
@@ -131,20 +113,19 @@ class Director:
             try:
                 await producer.prepare_data(cycle, request, candidates)
             except Exception:  # noqa: BLE001 - missing data degrades scoring, never fails the request
-                log.exception("data producer %s failed", getattr(producer, "typed_name", producer))
+                self._errors.report("data producer", producer)
         for admitter in self.config.admitters:
             await admitter.admit(request, candidates)
         result = self._schedule(cycle, request, candidates)
         endpoints = result.primary.endpoints
-        ctx.scheduled(endpoints[0], cycle, result)
+        ctx.scheduled(endpoints[0])
         for plugin in self.config.pre_request:
             try:
                 plugin.pre_request(cycle, request, result)
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
-                log.exception("pre-request plugin %s failed", getattr(plugin, "typed_name", plugin))
+                self._errors.report("pre-request", plugin)
         if self.account_dispatches:
-            match = prefix_match(cycle)
-            cached = match.matches.get(endpoints[0].name, 0) * match.block_size_tokens
+            cached = prefix_match(cycle).cached_tokens(endpoints[0].name)
             account_dispatch(endpoints[0], len(request.prompt) or len(body), cached)
         new_body = None
         if target != parsed.model:
@@ -169,7 +150,7 @@ class Director:
         except Exception as exc:
             self._record_attempt(start, None)
             log.exception("scheduling failed for request %s", request.request_id)
-            raise InternalError(f"scheduling failed: {exc}") from exc
+            raise InternalError("scheduling failed (see the picker's log)") from exc
         primary = result.primary.endpoints[0]
         self._record_attempt(start, primary)
         if trace is not None:
@@ -195,8 +176,8 @@ class Director:
         for plugin in self.config.response_received:
             try:
                 plugin.response_received(ctx.request, ctx.response)
-            except Exception:  # noqa: BLE001
-                log.exception("response-received plugin %s failed", getattr(plugin, "typed_name", plugin))
+            except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
+                self._errors.report("response-received", plugin)
 
     def response_chunk(self, ctx: RequestContext, chunk: bytes, end_of_stream: bool, rewrite: bool = True) -> bytes:
         """Account for one response body chunk; returns the bytes to forward.
@@ -210,8 +191,8 @@ class Director:
             for plugin in self.config.response_streaming:
                 try:
                     plugin.response_streaming(request, ctx.response, chunk)
-                except Exception:  # noqa: BLE001
-                    log.exception("response-streaming plugin %s failed", getattr(plugin, "typed_name", plugin))
+                except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
+                    self._errors.report("response-streaming", plugin)
             if rewrite and request.target_model != request.model:
                 chunk = rewrite_model_name(chunk, request.target_model, request.model)
         if end_of_stream:
@@ -231,8 +212,8 @@ class Director:
             for plugin in self.config.response_complete:
                 try:
                     plugin.response_complete(request, ctx.response)
-                except Exception:  # noqa: BLE001
-                    log.exception("response-complete plugin %s failed", getattr(plugin, "typed_name", plugin))
+                except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
+                    self._errors.report("response-complete", plugin)
         if self.metrics is not None:
             self._record_end(ctx, error)
 

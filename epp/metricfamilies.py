@@ -8,11 +8,16 @@ need no lock. Children are cached per label tuple; histograms find their bucket 
 ``bisect``. Each family is a prometheus_client ``Collector``, so exposition (text format,
 names, ``le`` labels) stays the library's.
 
+Cardinality: label values such as ``model_name`` come from clients, so a family keeps at
+most ``MAX_CHILDREN`` label sets; further ones are counted under the label value
+``other`` (logged once per family) instead of growing ``/metrics`` without bound.
+
 Concurrency: not thread-safe by design; update only from the event loop.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -22,7 +27,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CounterFamily", "GaugeFamily", "HistogramFamily"]
+__all__ = ["MAX_CHILDREN", "CounterFamily", "GaugeFamily", "HistogramFamily"]
+
+log = logging.getLogger(__name__)
+
+# Label sets kept per family before new ones are folded into "other".
+MAX_CHILDREN = 1000
 
 
 class _Value:
@@ -71,6 +81,12 @@ class _Family(Collector):
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            if len(self._children) >= MAX_CHILDREN:
+                overflow = ("other",) * len(values)
+                if overflow not in self._children:
+                    log.warning("%s: more than %d label sets; counting new ones as 'other'", self.name, MAX_CHILDREN)
+                    self._children[overflow] = self._new()
+                return self._children[overflow]
             child = self._children[values] = self._new()
         return child
 

@@ -6,7 +6,6 @@ import time
 
 from epp.datalayer.endpoint import Endpoint
 from epp.framework.requestcontrol import ResponseInfo
-from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.requests.types import InferenceRequest
 from epp.requests.usage import UsageScanner
 
@@ -14,24 +13,19 @@ __all__ = ["RequestContext"]
 
 
 class RequestContext:
-    __slots__ = ("request_id", "received_at", "request", "endpoint", "cycle", "result", "response", "usage",
-                 "finished")
+    __slots__ = ("request_id", "received_at", "request", "endpoint", "response", "usage", "finished")
 
     def __init__(self, request_id: str, received_at: float | None = None) -> None:
         self.request_id = request_id
         self.received_at = time.monotonic() if received_at is None else received_at
         self.request: InferenceRequest | None = None
         self.endpoint: Endpoint | None = None
-        self.cycle: CycleState | None = None
-        self.result: SchedulingResult | None = None
         self.response = ResponseInfo()
         self.usage: UsageScanner | None = None
         self.finished = False
 
-    def scheduled(self, endpoint: Endpoint, cycle: CycleState, result: SchedulingResult) -> None:
+    def scheduled(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.cycle = cycle
-        self.result = result
         self.response.endpoint = endpoint
 
     def response_started(self, headers: dict[str, str]) -> None:
@@ -42,13 +36,16 @@ class RequestContext:
         except ValueError:
             response.status = 0
         response.streaming = "text/event-stream" in headers.get("content-type", "")
-        self.usage = UsageScanner(response.streaming)
+        if self.request is not None:  # nothing to attribute usage to for a headers-only request
+            self.usage = UsageScanner(response.streaming)
 
     def chunk_seen(self, chunk: bytes) -> None:
         response = self.response
         if response.first_chunk_at is None:
             response.first_chunk_at = time.monotonic()
         response.body_bytes += len(chunk)
+        if self.request is None:
+            return
         if self.usage is None:  # response headers were not sent to us (header mode SKIP)
             self.usage = UsageScanner(streaming=chunk.startswith(b"data:"))
         self.usage.feed(chunk)

@@ -236,7 +236,10 @@ class _Builder:
 
 def load_config(text: str | None, registry: Registry, handle: Handle, observer: Observer = no_observer) -> PickerConfig:
     """Decode, validate and build; raises ``ConfigError`` naming the offending field."""
-    doc = decode_document(text if text and text.strip() else DEFAULT_CONFIG)
+    doc = decode_document(text) if text and text.strip() else None
+    if doc is None:  # no config, or one that is only comments
+        doc = decode_document(DEFAULT_CONFIG)
+    assert doc is not None
     builder = _Builder(doc, registry, handle, observer)
     builder.instantiate()
     profiles = builder.profiles()

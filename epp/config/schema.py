@@ -218,6 +218,25 @@ def _band(raw: Any, where: str, needs_priority: bool) -> PriorityBandSpec:
     )
 
 
+_LEGACY_SATURATION = frozenset({"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"})
+
+
+def _saturation_detector(raw: Any) -> str | None:
+    """``{pluginRef: name}``, or GIE v1.3-v1.4's inline thresholds (validated, meaning the default detector)."""
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping) and "pluginRef" not in raw:
+        section = _mapping(raw, "saturationDetector", _LEGACY_SATURATION)
+        for key in ("queueDepthThreshold", "kvCacheUtilThreshold"):
+            value = section.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                raise ConfigError(f"saturationDetector.{key}", "expected a non-negative number", value)
+        if "metricsStalenessThreshold" in section:
+            parse_duration(section["metricsStalenessThreshold"], "saturationDetector.metricsStalenessThreshold")
+        return "utilization-detector"
+    return _ref(raw, "saturationDetector")
+
+
 def _flow_control(raw: Any) -> FlowControlSpec:
     where = "flowControl"
     fc = _mapping(raw, where, frozenset({"maxBytes", "maxRequests", "defaultRequestTTL", "usageLimitPolicyPluginRef",
@@ -240,12 +259,17 @@ def _flow_control(raw: Any) -> FlowControlSpec:
     )
 
 
-def decode_document(text: str) -> ConfigDocument:
-    """Parse and strictly validate the YAML text (no plugin is built here)."""
+def decode_document(text: str) -> ConfigDocument | None:
+    """Parse and strictly validate the YAML text (no plugin is built here).
+
+    Returns ``None`` for a document with nothing in it (only comments).
+    """
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"not valid YAML: {exc}") from exc
+    if doc is None:
+        return None
     doc = _mapping(doc, "", _TOP_LEVEL)
     if doc.get("apiVersion") != API_VERSION:
         raise ConfigError("apiVersion", f"must be {API_VERSION!r}", doc.get("apiVersion"))
@@ -264,8 +288,7 @@ def decode_document(text: str) -> ConfigDocument:
         plugins=_plugins(doc.get("plugins")),
         profiles=_profiles(doc.get("schedulingProfiles")),
         data_sources=_data_sources(doc[data_key], data_key) if data_key in doc else None,
-        saturation_detector_ref=_ref(doc["saturationDetector"], "saturationDetector")
-        if doc.get("saturationDetector") is not None else None,
+        saturation_detector_ref=_saturation_detector(doc.get("saturationDetector")),
         flow_control=_flow_control(doc["flowControl"]) if doc.get("flowControl") is not None else None,
         parser_ref=_ref(doc["parser"], "parser") if doc.get("parser") is not None else None,
     )

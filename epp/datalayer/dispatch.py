@@ -26,12 +26,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import CHARS_PER_TOKEN
 
 __all__ = ["account_dispatch"]
-
-# Characters per token, the same approximation prefix hashing uses.
-_CHARS_PER_TOKEN = 4
-
 
 def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int = 0) -> None:
     metrics = endpoint.metrics
@@ -40,7 +37,7 @@ def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int =
     capacity = metrics.cache_block_size * metrics.cache_num_blocks
     kv = metrics.kv_cache_usage_percent
     if capacity > 0:
-        new_tokens = max(0, prompt_bytes // _CHARS_PER_TOKEN - cached_tokens)
+        new_tokens = max(0, prompt_bytes // CHARS_PER_TOKEN - cached_tokens)
         kv = min(1.0, kv + new_tokens / capacity)
     endpoint.estimate(replace(metrics, waiting_queue_size=metrics.waiting_queue_size + 1,
                               kv_cache_usage_percent=kv))

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 
 from epp.framework.scheduling import CycleState
 
-__all__ = ["PREFIX_MATCH_KEY", "PrefixMatch", "prefix_match"]
+__all__ = ["CHARS_PER_TOKEN", "PREFIX_MATCH_KEY", "PrefixMatch", "prefix_match", "prompt_tokens"]
+
+# The picker has no tokenizer: like the Go EPP it counts 4 bytes of prompt per token, for
+# prefix blocks, prefill estimates and KV estimates alike.
+CHARS_PER_TOKEN = 4
 
 # Same key name as the Go EPP's attribute, for readers of both code bases.
 PREFIX_MATCH_KEY = "PrefixCacheMatchInfoKey"
@@ -30,8 +34,21 @@ class PrefixMatch:
             return 0.0
         return self.matches.get(endpoint, 0) / self.total_blocks
 
+    def cached_tokens(self, endpoint: str) -> int:
+        """Prompt tokens ``endpoint`` is believed to hold already."""
+        return self.matches.get(endpoint, 0) * self.block_size_tokens
+
+    def uncached_tokens(self, endpoint: str, prompt_tokens: int) -> int:
+        """Prompt tokens ``endpoint`` would have to prefill (at least 1)."""
+        return max(1, prompt_tokens - self.cached_tokens(endpoint))
+
 
 _EMPTY = PrefixMatch(0, 0)
+
+
+def prompt_tokens(prompt_bytes: int) -> int:
+    """Estimated prompt tokens of a prompt of that many bytes (at least 1)."""
+    return max(1, prompt_bytes // CHARS_PER_TOKEN)
 
 
 def prefix_match(cycle: CycleState) -> PrefixMatch:

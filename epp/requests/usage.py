@@ -20,7 +20,7 @@ __all__ = ["UsageScanner", "usage_from_json"]
 
 # Bound on what a non-streaming response buffers for usage parsing; larger bodies pass
 # through untouched and go without usage figures.
-MAX_BUFFERED_RESPONSE = 4 * 1024 * 1024
+MAX_BUFFERED_RESPONSE = 1024 * 1024
 
 
 def _int(value: Any) -> int:

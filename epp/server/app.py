@@ -4,9 +4,10 @@ Start-up order: pool (fails fast on a bad pool file) → config (fails fast on a
 config) → director → ext_proc gRPC server (+ health) → health server → admin HTTP server
 → background tasks (collector, pool-file watcher) → readiness SERVING.
 
-Shutdown (``stop``): readiness NOT_SERVING, then the gRPC server stops accepting streams
-and in-flight streams get up to ``shutdown_grace_period`` to finish, then background
-tasks are cancelled and data sources closed.
+Shutdown (``stop``): readiness NOT_SERVING; for ``shutdown_delay`` the picker keeps
+serving new streams while health checks and load balancers notice; then the gRPC server
+stops accepting streams and in-flight streams get up to ``shutdown_grace_period`` to
+finish; then background tasks are cancelled and data sources closed.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class ServeOptions:
     decision_log_size: int = 256
     account_dispatches: bool = True
     shutdown_grace_period: float = 30.0
+    shutdown_delay: float = 0.0
     seed: int | None = None
 
 
@@ -109,8 +111,20 @@ class PickerServer:
                 raise ConfigError("--config-file", f"cannot read {opts.config_file}: {exc.strerror}") from exc
         return opts.config_text
 
+    def _check_options(self) -> None:
+        opts = self.options
+        for flag, value in (("--refresh-metrics-interval", opts.refresh_metrics_interval),
+                            ("--scrape-timeout", opts.scrape_timeout)):
+            if value <= 0:
+                raise ConfigError(flag, "must be greater than zero", value)
+        if opts.unready_after_failures < 1:
+            raise ConfigError("--unready-after-failures", "must be at least 1", opts.unready_after_failures)
+        if opts.max_request_body_bytes < 1:
+            raise ConfigError("--max-request-body-bytes", "must be at least 1", opts.max_request_body_bytes)
+
     def build(self) -> None:
         """Load pool and config; raises ``ConfigError`` before anything listens."""
+        self._check_options()
         self._load_pool()
         rng = random.Random(self.options.seed)
         handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry)
@@ -175,9 +189,11 @@ class PickerServer:
             parts.append(f"{name}[{', '.join(plugins)}]")
         return "; ".join(parts)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, delay: float = 0.0) -> None:
         grace = self.options.shutdown_grace_period if grace is None else grace
         await self.health.set_ready(False)
+        if delay > 0:
+            await asyncio.sleep(delay)
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()
         for task in self._tasks:

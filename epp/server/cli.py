@@ -52,6 +52,9 @@ def add_parser(subparsers: Any) -> None:
                      help="larger request bodies get 413 (default: 64 MiB)")
     cfg.add_argument("--decision-log-size", type=int, default=256,
                      help="recent routing decisions kept for /debug/decisions (0 disables; default: %(default)s)")
+    cfg.add_argument("--shutdown-delay", type=_duration, default=0.0,
+                     help="on SIGTERM, keep serving this long while reporting NOT_SERVING, so health checks "
+                          "move traffic to other replicas first (default: 0s)")
     cfg.add_argument("--shutdown-grace-period", type=_duration, default=30.0,
                      help="on SIGTERM, time in-flight streams get to finish (default: 30s)")
     cfg.add_argument("--no-dispatch-accounting", action="store_true",
@@ -72,7 +75,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         unready_after_failures=args.unready_after_failures,
         honor_subset_hint=not args.disable_endpoint_subset_filter,
         max_request_body_bytes=args.max_request_body_bytes, decision_log_size=args.decision_log_size,
-        shutdown_grace_period=args.shutdown_grace_period, seed=args.seed,
+        shutdown_grace_period=args.shutdown_grace_period, shutdown_delay=args.shutdown_delay, seed=args.seed,
         account_dispatches=not args.no_dispatch_accounting,
     )
 
@@ -97,7 +100,7 @@ async def _serve(options: Any) -> int:
     await stop.wait()
     logging.getLogger("epp").info("shutting down: draining in-flight requests (up to %gs)",
                                   options.shutdown_grace_period)
-    await server.stop()
+    await server.stop(delay=options.shutdown_delay)
     return 0
 
 

@@ -175,3 +175,35 @@ async def test_pool_file_changes_take_effect_and_a_broken_file_keeps_the_pool(
     pool_file.write_text("endpoints: [{address: 10.0.0.9}]\n")  # no port: invalid
     await asyncio.sleep(0.6)
     assert [ep.name for ep in server.pool.endpoints()] == ["10.0.0.2:8000"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("refresh_metrics_interval", 0.0, "--refresh-metrics-interval"),
+        ("scrape_timeout", -1.0, "--scrape-timeout"),
+        ("unready_after_failures", 0, "--unready-after-failures"),
+    ],
+)
+def test_impossible_options_are_config_errors_naming_the_flag(option: str, value: float, flag: str) -> None:
+    from epp.errors import ConfigError
+    from epp.server.app import ServeOptions
+
+    server = PickerServer(ServeOptions(endpoints="10.0.0.1:8000", **{option: value}))
+    with pytest.raises(ConfigError) as err:
+        server.build()
+    assert err.value.field == flag
+
+
+async def test_during_the_shutdown_delay_readiness_is_off_but_requests_are_served(start_picker: PickerFactory) -> None:
+    server = await start_picker()
+    stopping = asyncio.create_task(server.stop(grace=0, delay=0.5))
+    await asyncio.sleep(0.1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_health_port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="envoy.service.ext_proc.v3.ExternalProcessor"))
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy:
+        result = await envoy.exchange(chat("still there?"), path="/v1/chat/completions")
+    assert result.destination is not None
+    await stopping

@@ -475,3 +475,17 @@ def test_flow_control_is_validated_and_reported_as_not_enforced(caplog: pytest.L
     assert config.feature_gates == {"flowControl"}
     assert config.flow_control is not None and config.flow_control.max_requests == 10
     assert any("not enforced" in r.getMessage() for r in caplog.records)
+
+
+def test_a_config_of_only_comments_runs_the_default() -> None:
+    assert summary(load("# nothing configured yet\n")) == summary(load(None))
+
+
+def test_the_producers_own_parameter_names_on_the_prefix_scorer_configure_it() -> None:
+    config = load(cfg("""\
+        plugins:
+        - type: prefix-cache-scorer
+          parameters: {blockSizeTokens: 64, maxPrefixTokensToMatch: 2048}
+        """))
+    producer = config.plugins["approx-prefix-cache-producer"]
+    assert (producer.params.block_size_tokens, producer.params.max_prefix_tokens_to_match) == (64, 2048)

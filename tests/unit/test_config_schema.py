@@ -254,3 +254,27 @@ def test_parse_quantity_rejects_what_is_not_a_quantity(value: Any) -> None:
     with pytest.raises(ConfigError) as err:
         parse_quantity(value, "flowControl.maxBytes")
     assert err.value.field == "flowControl.maxBytes"
+
+
+def test_gie_v1_3_inline_saturation_thresholds_are_accepted() -> None:
+    decoded = decode_document(doc("saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8, "
+                                  "metricsStalenessThreshold: 200ms}\n"))
+    assert decoded.saturation_detector_ref == "utilization-detector"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param("saturationDetector: {queueDepthThreshold: -1}\n", "saturationDetector.queueDepthThreshold",
+                     id="a negative queue threshold"),
+        pytest.param("saturationDetector: {metricsStalenessThreshold: soon}\n",
+                     "saturationDetector.metricsStalenessThreshold", id="a staleness that is not a duration"),
+        pytest.param("saturationDetector: {threshold: 1}\n", "saturationDetector.threshold", id="an unknown key"),
+    ],
+)
+def test_bad_inline_saturation_thresholds_name_the_field(body: str, field: str) -> None:
+    assert config_error(doc(body)).field == field
+
+
+def test_a_document_of_only_comments_decodes_to_nothing() -> None:
+    assert decode_document("# just a comment\n") is None

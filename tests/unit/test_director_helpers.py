@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from epp.director import rewrite_model_name, subset_candidates
+from epp.datalayer.subset import subset_candidates
+from epp.director import rewrite_model_name
 
 POOL = [
     ("a", "10.0.0.1", 8000),

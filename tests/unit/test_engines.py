@@ -79,3 +79,10 @@ def test_an_engine_config_validates_its_specs_on_construction() -> None:
     with pytest.raises(ConfigError) as err:
         EngineConfig(name="")
     assert err.value.field == "name"
+
+
+def test_the_engine_name_default_is_reserved() -> None:
+    with pytest.raises(ConfigError) as err:
+        EngineConfig(name="default")
+    assert err.value.field == "name"
+    assert "reserved" in err.value.reason

@@ -59,6 +59,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("name", "engine name must not be empty")
+        if self.name == "default":
+            raise ConfigError("name", "engine name 'default' is reserved (use defaultEngine to choose one)")
         for attr in ("queued_requests_spec", "running_requests_spec", "kv_usage_spec", "lora_spec",
                      "cache_info_spec", "cache_block_size_spec", "cache_num_blocks_spec"):
             parse_spec(getattr(self, attr), attr)

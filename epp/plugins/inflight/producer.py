@@ -25,25 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import prefix_match
+from epp.framework.attributes import prefix_match, prompt_tokens
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.requests.types import InferenceRequest
 
-__all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens", "prompt_tokens"]
+__all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens", "request_prompt_tokens"]
 
 INFLIGHT_LOAD_KEY = "InFlightLoadKey"
 _OUTPUT_RATIO = 1.5
-_CHARS_PER_TOKEN = 4
 
 
-def prompt_tokens(request: InferenceRequest) -> int:
-    return max(1, (len(request.prompt) or request.size_bytes) // _CHARS_PER_TOKEN)
+def request_prompt_tokens(request: InferenceRequest) -> int:
+    """Estimated prompt tokens (body size when there is no prompt text, e.g. token ids)."""
+    return prompt_tokens(len(request.prompt) or request.size_bytes)
 
 
 def estimate_tokens(request: InferenceRequest) -> int:
-    input_tokens = prompt_tokens(request)
+    input_tokens = request_prompt_tokens(request)
     limit = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         return input_tokens + limit
@@ -92,8 +92,7 @@ class InFlightLoadProducer(BasePlugin):
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         endpoint = result.primary.endpoints[0].name
-        match = prefix_match(cycle)
-        prefill = max(1, prompt_tokens(request) - match.matches.get(endpoint, 0) * match.block_size_tokens)
+        prefill = prefix_match(cycle).uncached_tokens(endpoint, request_prompt_tokens(request))
         routed = _Routed(endpoint, estimate_tokens(request), prefill, self._epoch.get(endpoint, 0))
         self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
         self._tokens[endpoint] = self._tokens.get(endpoint, 0) + routed.tokens

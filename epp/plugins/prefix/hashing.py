@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from xxhash import xxh64_intdigest
 
-__all__ = ["CHARS_PER_TOKEN", "hash_prompt"]
+from epp.framework.attributes import CHARS_PER_TOKEN
 
-CHARS_PER_TOKEN = 4
+__all__ = ["hash_prompt"]
 
 
 def hash_prompt(prompt: bytes, model: str, cache_salt: str, block_size_tokens: int, max_blocks: int) -> list[int]:

@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Gauge
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
+from epp.framework.attributes import CHARS_PER_TOKEN, PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.scheduling import CycleState, SchedulingResult
-from epp.plugins.prefix.hashing import CHARS_PER_TOKEN, hash_prompt
+from epp.metricfamilies import HistogramFamily
+from epp.plugins.prefix.hashing import hash_prompt
 from epp.plugins.prefix.index import PrefixIndex
 from epp.requests.types import InferenceRequest
 
@@ -78,21 +79,21 @@ class ApproxPrefixCacheProducer(BasePlugin):
         self.index = PrefixIndex(self.params.lru_capacity_per_server)
         self._state_key = f"{self.TYPE}/{name}"
         handle.pool.add_listener(self)
-        self._hit_ratio: Histogram | None = None
-        self._hit_bytes: Histogram | None = None
+        self._hit_ratio: HistogramFamily | None = None
+        self._hit_bytes: HistogramFamily | None = None
         if handle.metrics_registry is not None:
             try:
                 size = Gauge("inference_extension_prefix_indexer_size", "Size of the prefix indexer.",
                              registry=handle.metrics_registry)
                 size.set_function(lambda: len(self.index))
-                self._hit_ratio = Histogram(
+                self._hit_ratio = HistogramFamily(
                     "inference_extension_prefix_indexer_hit_ratio",
                     "Ratio of prefix length matched to total prefix length in the cache lookup.",
-                    buckets=_RATIO_BUCKETS, registry=handle.metrics_registry)
-                self._hit_bytes = Histogram(
+                    (), _RATIO_BUCKETS, handle.metrics_registry)
+                self._hit_bytes = HistogramFamily(
                     "inference_extension_prefix_indexer_hit_bytes",
                     "Length of the prefix match in number of bytes in the cache lookup.",
-                    buckets=_BYTES_BUCKETS, registry=handle.metrics_registry)
+                    (), _BYTES_BUCKETS, handle.metrics_registry)
             except ValueError:  # a second producer instance: metrics belong to the first
                 log.warning("%s: prefix indexer metrics already registered by another instance", self.typed_name)
 

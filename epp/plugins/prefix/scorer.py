@@ -4,11 +4,12 @@ Score = matched blocks / total blocks, from the ``approx-prefix-cache-producer``
 automatically when the config does not name one). A prompt shorter than one block
 scores 0 everywhere. Category: Affinity.
 
-Parameters: none in current GIE. The parameters older GIE versions took here
-(``hashBlockSize`` in characters, ``blockSize``, ``maxPrefixBlocksToMatch``,
-``lruCapacityPerServer``, ``autoTune``) are still accepted so old configs load, and they
-configure the auto-created producer; they are ignored (with a warning) when the config
-defines the producer itself.
+Parameters: none in current GIE (which ignores any given here). The parameters older GIE
+versions took here (``hashBlockSize`` in characters, ``blockSize``,
+``maxPrefixBlocksToMatch``, ``lruCapacityPerServer``, ``autoTune``) and the producer's own
+names (``blockSizeTokens``, ``maxPrefixTokensToMatch``) are accepted so such configs load,
+and they configure the auto-created producer; they are ignored (with a warning) when the
+config defines the producer itself.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import PREFIX_MATCH_KEY, prefix_match
+from epp.framework.attributes import CHARS_PER_TOKEN, PREFIX_MATCH_KEY, prefix_match
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin
 from epp.framework.scheduling import CycleState, ScorerCategory
-from epp.plugins.prefix.hashing import CHARS_PER_TOKEN
 from epp.requests.types import InferenceRequest
 
 __all__ = ["LegacyPrefixScorerParams", "PrefixCacheScorer"]
@@ -32,12 +32,15 @@ __all__ = ["LegacyPrefixScorerParams", "PrefixCacheScorer"]
 class LegacyPrefixScorerParams:
     hash_block_size: int | None = None  # v1.0: characters per block
     block_size: int | None = None  # v1.3: tokens per block
+    block_size_tokens: int | None = None  # the producer's name for it
     max_prefix_blocks_to_match: int | None = None
+    max_prefix_tokens_to_match: int | None = None
     lru_capacity_per_server: int | None = None
     auto_tune: bool | None = None
 
     def __post_init__(self) -> None:
-        for attr in ("hash_block_size", "block_size", "max_prefix_blocks_to_match", "lru_capacity_per_server"):
+        for attr in ("hash_block_size", "block_size", "block_size_tokens", "max_prefix_blocks_to_match",
+                     "max_prefix_tokens_to_match", "lru_capacity_per_server"):
             value = getattr(self, attr)
             require(value is None or value > 0, attr, "must be > 0", value)
 
@@ -67,12 +70,16 @@ class PrefixCacheScorer(BasePlugin):
         if p is None:
             return None
         out: dict[str, Any] = {}
-        if p.block_size is not None:
+        if p.block_size_tokens is not None:
+            out["blockSizeTokens"] = p.block_size_tokens
+        elif p.block_size is not None:
             out["blockSizeTokens"] = p.block_size
         elif p.hash_block_size is not None:
             out["blockSizeTokens"] = max(1, p.hash_block_size // CHARS_PER_TOKEN)
         if p.max_prefix_blocks_to_match is not None:
             out["maxPrefixBlocksToMatch"] = p.max_prefix_blocks_to_match
+        if p.max_prefix_tokens_to_match is not None:
+            out["maxPrefixTokensToMatch"] = p.max_prefix_tokens_to_match
         if p.lru_capacity_per_server is not None:
             out["lruCapacityPerServer"] = p.lru_capacity_per_server
         if p.auto_tune is not None:

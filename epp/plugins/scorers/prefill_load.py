@@ -23,7 +23,7 @@ from epp.datalayer.endpoint import Endpoint
 from epp.framework.attributes import prefix_match
 from epp.framework.plugin import BasePlugin
 from epp.framework.scheduling import CycleState, ScorerCategory
-from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer, prompt_tokens
+from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer, request_prompt_tokens
 from epp.requests.types import InferenceRequest
 
 __all__ = ["PrefillLoadScorer"]
@@ -42,8 +42,7 @@ class PrefillLoadScorer(BasePlugin):
         load = cycle.get(INFLIGHT_LOAD_KEY)
         backlog = load.prefill_backlog if isinstance(load, InFlightLoadProducer) else (lambda _: 0)
         match = prefix_match(cycle)
-        tokens = prompt_tokens(request)
-        costs = [backlog(ep.name) + max(1, tokens - match.matches.get(ep.name, 0) * match.block_size_tokens)
-                 for ep in endpoints]
+        tokens = request_prompt_tokens(request)
+        costs = [backlog(ep.name) + match.uncached_tokens(ep.name, tokens) for ep in endpoints]
         cheapest = min(costs)
         return [cheapest / cost for cost in costs]
