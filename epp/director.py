@@ -131,10 +131,10 @@ class Director:
         if target != parsed.model:
             new_body = orjson.dumps({**parsed.body, "model": target})
         if self.metrics is not None:
-            labels = (request.model, request.target_model)
-            self.metrics.request_total.labels(*labels, str(request.priority)).inc()
-            self.metrics.request_sizes.labels(*labels).observe(len(new_body if new_body is not None else body))
-            self.metrics.running_requests.labels(request.model).inc()
+            self.metrics.request_total.labels(request.model, request.target_model, str(request.priority)).inc()
+            per_model = self.metrics.for_model(request.model, request.target_model)
+            per_model.request_sizes.observe(len(new_body if new_body is not None else body))
+            per_model.running.inc()
         return Decision([ep.hostport for ep in endpoints], new_body)
 
     def _schedule(self, cycle: CycleState, request: InferenceRequest, candidates: list[Endpoint]) -> SchedulingResult:
@@ -227,20 +227,21 @@ class Director:
             metrics.request_error_total.labels(model, target, code).inc()
         if request is None or ctx.endpoint is None:
             return
-        metrics.running_requests.labels(model).dec()
+        per_model = metrics.for_model(model, target)
+        per_model.running.dec()
         if not ctx.response.completed:
             return
         elapsed = time.monotonic() - ctx.received_at
-        metrics.request_duration.labels(model, target).observe(elapsed)
-        metrics.response_sizes.labels(model, target).observe(ctx.response.body_bytes)
+        per_model.duration.observe(elapsed)
+        per_model.response_sizes.observe(ctx.response.body_bytes)
         usage = ctx.response.usage
         if usage is not None:
             if usage.prompt_tokens > 0:
-                metrics.input_tokens.labels(model, target).observe(usage.prompt_tokens)
-                metrics.prompt_cached_tokens.labels(model, target).observe(usage.cached_tokens)
+                per_model.input_tokens.observe(usage.prompt_tokens)
+                per_model.cached_tokens.observe(usage.cached_tokens)
             if usage.completion_tokens > 0:
-                metrics.output_tokens.labels(model, target).observe(usage.completion_tokens)
-                metrics.normalized_tpot.labels(model, target).observe(elapsed / usage.completion_tokens)
+                per_model.output_tokens.observe(usage.completion_tokens)
+                per_model.normalized_tpot.observe(elapsed / usage.completion_tokens)
 
 
 def rewrite_model_name(chunk: bytes, target: str, incoming: str) -> bytes:

@@ -17,9 +17,9 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datalayer.pool import EndpointPool
 from epp.framework.plugin import TypedName
-from epp.metricfamilies import CounterFamily, GaugeFamily, HistogramFamily
+from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily
 
-__all__ = ["PickerMetrics"]
+__all__ = ["ModelMetrics", "PickerMetrics"]
 
 _LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60, 120,
@@ -71,6 +71,24 @@ class _PoolCollector(Collector):
         for ep in endpoints:
             per_pod.add_metric([name, ep.name], ep.metrics.waiting_queue_size)
         yield per_pod
+
+
+class ModelMetrics:
+    """The per-request metric children of one (model, target model) pair, looked up once."""
+
+    __slots__ = ("request_sizes", "running", "duration", "response_sizes", "input_tokens", "cached_tokens",
+                 "output_tokens", "normalized_tpot")
+
+    def __init__(self, metrics: PickerMetrics, model: str, target: str) -> None:
+        pair = (model, target)
+        self.request_sizes = metrics.request_sizes.labels(*pair)
+        self.running = metrics.running_requests.labels(model)
+        self.duration = metrics.request_duration.labels(*pair)
+        self.response_sizes = metrics.response_sizes.labels(*pair)
+        self.input_tokens = metrics.input_tokens.labels(*pair)
+        self.cached_tokens = metrics.prompt_cached_tokens.labels(*pair)
+        self.output_tokens = metrics.output_tokens.labels(*pair)
+        self.normalized_tpot = metrics.normalized_tpot.labels(*pair)
 
 
 def _per_model(what: str) -> str:
@@ -131,8 +149,19 @@ class PickerMetrics:
                            "General information of the current build of Inference Extension.",
                            ["commit", "build_ref"], r)
         info.labels("unknown", f"epp-python-{__version__}").set(1)
+        self._per_model: dict[tuple[str, str], ModelMetrics] = {}
         if pool is not None:
             r.register(_PoolCollector(pool))
+
+    def for_model(self, model: str, target: str) -> ModelMetrics:
+        """Children for one model pair, cached (bounded like the families' label sets)."""
+        key = (model, target)
+        cached = self._per_model.get(key)
+        if cached is None:
+            cached = ModelMetrics(self, model, target)
+            if len(self._per_model) < MAX_CHILDREN:
+                self._per_model[key] = cached
+        return cached
 
     def plugin_observer(self, extension_point: str, name: TypedName) -> Callable[[float], None]:
         """A pre-bound ``observe`` for one plugin (label lookup done once, not per call)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -86,6 +87,10 @@ async def _serve(options: Any) -> int:
     server = PickerServer(options)
     server.build()
     await server.start()
+    # Everything built so far lives as long as the process: keep it out of the garbage
+    # collector's full passes, which otherwise traverse it again and again.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
