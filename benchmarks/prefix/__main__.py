@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import sys
-import time
 import tracemalloc
-from collections.abc import Callable
 
+from benchmarks.timing import median_us
 from epp.datalayer.endpoint import Endpoint, EndpointMetadata
 from epp.datalayer.pool import EndpointPool
 from epp.framework.plugin import Handle
@@ -31,16 +29,6 @@ from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.requests.types import ApiKind, InferenceRequest
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def median_us(fn: Callable[[], object], batches: int = 7, n: int = 300) -> float:
-    samples = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n)
-    return statistics.median(samples) * 1e6
 
 
 def prompt_of(tokens: int, seed: int) -> bytes:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.timing import median_cpu_us_async, median_us
 from epp.datalayer.endpoint import Endpoint, EndpointMetadata
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.promtext import parse_series
@@ -34,26 +32,6 @@ from epp.devstack.processes import ManagedProcess, epp_command, free_port
 from epp.framework.plugin import Handle
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import MetricsDataSource
-
-
-def time_batches(fn: Callable[[], object], batches: int, n: int) -> float:
-    samples = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n)
-    return statistics.median(samples) * 1e6
-
-
-async def time_batches_async(fn: Callable[[], Awaitable[object]], batches: int, n: int) -> float:
-    samples = []
-    for _ in range(batches):
-        start = time.process_time()  # CPU of this process: the picker's cost, not the server's
-        for _ in range(n):
-            await fn()
-        samples.append((time.process_time() - start) / n)
-    return statistics.median(samples) * 1e6
 
 
 async def run(batches: int, scrapes: int, workdir: str) -> None:
@@ -69,8 +47,8 @@ async def run(batches: int, scrapes: int, workdir: str) -> None:
             extractor = CoreMetricsExtractor("x", None, Handle(pool=EndpointPool()))
             endpoint = Endpoint(EndpointMetadata("sim", "127.0.0.1", port, port))
             wanted = extractor.wanted_series(endpoint)
-            ours = time_batches(lambda: parse_series(page, wanted), batches, scrapes)
-            full = time_batches(lambda: list(text_string_to_metric_families(page)), batches, max(10, scrapes // 10))
+            ours = median_us(lambda: parse_series(page, wanted), batches, scrapes)
+            full = median_us(lambda: list(text_string_to_metric_families(page)), batches, max(10, scrapes // 10))
             lines = page.count("\n")
             print(f"page: {len(page) / 1024:.1f} KiB, {lines} lines; extractors want {len(wanted)} series")
             print(f"parse  epp promtext (wanted series only) {ours:9.1f} us")
@@ -80,7 +58,7 @@ async def run(batches: int, scrapes: int, workdir: str) -> None:
                 async with session.get(url) as r:
                     return await r.read()
 
-            fetch_aiohttp = await time_batches_async(aiohttp_get, batches, scrapes)
+            fetch_aiohttp = await median_cpu_us_async(aiohttp_get, batches, scrapes)
             print(f"fetch  aiohttp (CPU of the client)        {fetch_aiohttp:9.1f} us")
         try:
             import httpx
@@ -91,7 +69,7 @@ async def run(batches: int, scrapes: int, workdir: str) -> None:
                 async def httpx_get() -> bytes:
                     return (await client.get(url)).content
 
-                fetch_httpx = await time_batches_async(httpx_get, batches, scrapes)
+                fetch_httpx = await median_cpu_us_async(httpx_get, batches, scrapes)
             print(f"fetch  httpx (CPU of the client)          {fetch_httpx:9.1f} us   ratio "
                   f"{fetch_httpx / fetch_aiohttp:5.2f}x aiohttp")
         source = MetricsDataSource("m", None, Handle(pool=EndpointPool()))
@@ -100,7 +78,7 @@ async def run(batches: int, scrapes: int, workdir: str) -> None:
         async def scrape() -> None:
             extractor.extract(await source.collect(endpoint), endpoint)
 
-        whole = await time_batches_async(scrape, batches, scrapes)
+        whole = await median_cpu_us_async(scrape, batches, scrapes)
         await source.aclose()
         print(f"scrape collector tick (fetch+parse+extract) {whole:7.1f} us CPU; at 50 ms per endpoint that is "
               f"{whole * 20 / 1e4:.2f}% of a core per endpoint")
