@@ -28,7 +28,6 @@ __all__ = [
     "DESTINATION_HEADER",
     "DESTINATION_NAMESPACE",
     "buffered_request_body_response",
-    "continue_request_body",
     "continue_request_headers",
     "continue_response_body",
     "continue_response_headers",
@@ -113,7 +112,6 @@ def immediate_response(error: PickerError) -> pb.ProcessingResponse:
 # Constant "continue unchanged" answers, shared by every stream (never mutated).
 _CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 _CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-_CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
 _CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
 
 
@@ -123,10 +121,6 @@ def continue_request_headers() -> pb.ProcessingResponse:
 
 def continue_response_headers() -> pb.ProcessingResponse:
     return _CONTINUE_RESPONSE_HEADERS
-
-
-def continue_request_body() -> pb.ProcessingResponse:
-    return _CONTINUE_REQUEST_BODY
 
 
 def continue_response_body(body: bytes | None = None) -> pb.ProcessingResponse:
