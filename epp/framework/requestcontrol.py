@@ -61,6 +61,8 @@ class ResponseInfo:
         body_bytes: response body bytes seen so far.
         usage: token usage, once the body (or the final SSE usage chunk) is parsed.
         completed: the response ended normally (end of stream seen).
+        set_headers: response headers to set before they reach the client; only what
+            ``ResponseReceived`` hooks add here is applied (later hooks are too late).
     """
 
     endpoint: Endpoint | None = None
@@ -71,6 +73,7 @@ class ResponseInfo:
     body_bytes: int = 0
     usage: Usage | None = None
     completed: bool = False
+    set_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -196,6 +196,7 @@ class _Stream:
             self.director.response_headers(self.ctx, _headers(message))
             if message.end_of_stream:
                 self.director.finish(self.ctx, completed=True)
+            return [messages.continue_response_headers(self.ctx.response.set_headers)]
         return [messages.continue_response_headers()]
 
     def _response_body(self, chunk: bytes, end_of_stream: bool) -> list[pb.ProcessingResponse]:

@@ -119,8 +119,12 @@ def continue_request_headers() -> pb.ProcessingResponse:
     return _CONTINUE_REQUEST_HEADERS
 
 
-def continue_response_headers() -> pb.ProcessingResponse:
-    return _CONTINUE_RESPONSE_HEADERS
+def continue_response_headers(set_headers: Sequence[tuple[str, str]] = ()) -> pb.ProcessingResponse:
+    if not set_headers:
+        return _CONTINUE_RESPONSE_HEADERS
+    response = pb.ProcessingResponse()
+    _fill_mutation(response.response_headers.response.header_mutation, set_headers, ())
+    return response
 
 
 def continue_response_body(body: bytes | None = None) -> pb.ProcessingResponse:
