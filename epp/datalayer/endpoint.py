@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["ENGINE_LABEL", "Endpoint", "EndpointMetadata", "Metrics", "format_hostport"]
+__all__ = ["ENGINE_LABEL", "Endpoint", "EndpointMetadata", "Metrics", "OutlierState", "format_hostport"]
 
 # The pod label the Go EPP reads to pick the metric names of a model server's engine.
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
@@ -75,6 +75,24 @@ class Metrics:
     update_time: float = 0.0
 
 
+@dataclass(slots=True)
+class OutlierState:
+    """What passive health checking knows of one endpoint (``epp.datalayer.passive_health``).
+
+    Lives on the ``Endpoint`` so it goes away with it: an endpoint that leaves the pool and
+    comes back is a new ``Endpoint`` with a clean record.
+    """
+
+    consecutive_failures: int = 0
+    ejections_in_a_row: int = 0  # multiplies the ejection time; a success resets it
+    ejected_until: float = 0.0  # time.monotonic(); 0.0 means never ejected
+    ejected_at: float = 0.0
+    # Ejected once and not yet seen to answer since: its next result decides whether it is
+    # back (success) or ejected again at once (failure).
+    on_probation: bool = False
+    held_by_limit: bool = False  # the ejection limit kept it in; logged once per streak
+
+
 class Endpoint:
     """A pool member: metadata, the latest metrics and its readiness.
 
@@ -86,14 +104,21 @@ class Endpoint:
 
     ``ready`` turns false when the collector has failed to reach the endpoint for a
     while (see ``Collector``); candidate selection skips endpoints that are not ready.
+
+    ``outlier.ejected_until`` is the other, independent signal: passive health checking
+    (``PassiveHealth``) ejects an endpoint whose responses keep failing, for a while. The two
+    are kept apart because they have different owners and lifetimes (a good scrape must not
+    end an ejection, and an ejection's end must not claim the scrapes succeed);
+    ``available(now)`` is both together, and is what candidate selection should read.
     """
 
-    __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "hostport", "name")
+    __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "outlier", "hostport", "name")
 
     def __init__(self, metadata: EndpointMetadata, metrics: Metrics | None = None) -> None:
         self.metadata = metadata
         self.metrics = metrics or Metrics()
         self.ready = True
+        self.outlier = OutlierState()
         # Cached because they are read on every request (the address never changes: a
         # new address under the same name is a new Endpoint, see EndpointPool).
         self.hostport = metadata.hostport
@@ -106,6 +131,18 @@ class Endpoint:
     @metrics.setter
     def metrics(self, scraped: Metrics) -> None:
         self._metrics = self.scraped_metrics = scraped
+
+    @property
+    def ejected_until(self) -> float:
+        """``time.monotonic()`` at which the current ejection ends (in the past: not ejected)."""
+        return self.outlier.ejected_until
+
+    def ejected(self, now: float) -> bool:
+        return now < self.outlier.ejected_until
+
+    def available(self, now: float) -> bool:
+        """Ready by its scrapes and not ejected for failing responses."""
+        return self.ready and now >= self.outlier.ejected_until
 
     def estimate(self, metrics: Metrics) -> None:
         """Replace what scorers read until the next scrape, keeping the scraped truth."""
