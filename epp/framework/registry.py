@@ -130,6 +130,7 @@ class Registry:
             known = ", ".join(sorted(self._specs))
             raise ConfigError(f"{where}.type", f"unknown plugin type {type_name!r} (registered: {known})")
         params_cls = spec.cls.PARAMS
+        params: object | None
         if params_cls is None:
             if raw_params:
                 raise ConfigError(f"{where}.parameters", f"{type_name} takes no parameters", dict(raw_params))

@@ -10,9 +10,10 @@ Contracts (the scheduler enforces the parts marked *framework*):
   ``SchedulerProfile``). The profile sums ``score * weight`` over its scorers.
 - ``Picker.pick`` chooses from scored endpoints (best first is a convention, not a rule)
   and returns them in preference order; the first is the primary destination.
-- ``ProfileHandler.pick`` is called in a loop: given results so far, it returns the
-  profiles to run next, or an empty mapping to stop. ``process_results`` then names the
-  primary profile.
+- ``ProfileHandler.pick_profiles`` is called in a loop: given results so far, it returns
+  the profiles to run next, or an empty mapping to stop. ``process_results`` then names
+  the primary profile. Handlers see profiles only as ``Profile`` (a name and ``run``);
+  the in-tree implementation is ``epp.scheduling.profile.SchedulerProfile``.
 
 All four are synchronous and pure over the endpoint snapshot: any I/O belongs to a data
 source or a data producer, so a scheduling cycle's cost is plain CPU and measurable.
@@ -29,18 +30,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 if TYPE_CHECKING:
     from epp.datalayer.endpoint import Endpoint
     from epp.requests.types import InferenceRequest
-    from epp.scheduling.profile import SchedulerProfile
 
 __all__ = [
     "CycleState",
     "Filter",
     "Picker",
+    "Profile",
     "ProfileHandler",
     "ProfileRunResult",
     "ScoredEndpoint",
     "Scorer",
     "ScorerCategory",
     "SchedulingResult",
+    "SchedulingTrace",
 ]
 
 T = TypeVar("T")
@@ -121,15 +123,45 @@ class Picker(Protocol):
     ) -> ProfileRunResult: ...
 
 
+class SchedulingTrace(Protocol):
+    """Receives what each plugin of a profile decided (``epp.scheduling.trace.DecisionTrace``)."""
+
+    def filtered(self, profile: str, plugin: str, kept: list[str]) -> None: ...
+
+    def scored(self, profile: str, plugin: str, weight: float, endpoints: list[str], scores: list[float]) -> None: ...
+
+    def picked(self, profile: str, endpoints: list[str]) -> None: ...
+
+
+class Profile(Protocol):
+    """A named scheduling profile, as profile handlers see it.
+
+    ``run`` returns the endpoints the profile chose, best first. When no endpoint is left
+    it either raises ``epp.scheduling.profile.NoEndpointsAvailable`` (the scheduler records
+    no result) or returns an empty ``ProfileRunResult``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def run(
+        self,
+        cycle: CycleState,
+        request: InferenceRequest,
+        endpoints: list[Endpoint],
+        trace: SchedulingTrace | None = None,
+    ) -> ProfileRunResult: ...
+
+
 @runtime_checkable
 class ProfileHandler(Protocol):
     def pick_profiles(
         self,
         cycle: CycleState,
         request: InferenceRequest,
-        profiles: Mapping[str, SchedulerProfile],
+        profiles: Mapping[str, Profile],
         results: Mapping[str, ProfileRunResult | None],
-    ) -> Mapping[str, SchedulerProfile]: ...
+    ) -> Mapping[str, Profile]: ...
 
     def process_results(
         self,

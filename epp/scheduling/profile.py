@@ -2,8 +2,8 @@
 
 ``run`` is the per-request hot path. Every plugin call is timed into
 ``inference_extension_plugin_duration_seconds`` (labels bound once, here), scores are
-clamped to [0, 1] in one place, and an optional ``DecisionTrace`` records what each
-plugin decided, for the debug endpoint.
+clamped to [0, 1] in one place, and an optional trace (``DecisionTrace``) records what
+each plugin decided, for the debug endpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +13,16 @@ from time import perf_counter
 
 from epp.datalayer.endpoint import Endpoint
 from epp.framework.plugin import Plugin, TypedName
-from epp.framework.scheduling import CycleState, Filter, Picker, ProfileRunResult, ScoredEndpoint, Scorer
+from epp.framework.scheduling import (
+    CycleState,
+    Filter,
+    Picker,
+    ProfileRunResult,
+    SchedulingTrace,
+    ScoredEndpoint,
+    Scorer,
+)
 from epp.requests.types import InferenceRequest
-from epp.scheduling.trace import DecisionTrace
 
 __all__ = ["NoEndpointsAvailable", "Observer", "SchedulerProfile", "WeightedScorer", "no_observer"]
 
@@ -44,6 +51,8 @@ class WeightedScorer:
 
 
 class SchedulerProfile:
+    """Filters, weighted scorers and a picker; satisfies ``epp.framework.scheduling.Profile``."""
+
     def __init__(
         self,
         name: str,
@@ -67,7 +76,7 @@ class SchedulerProfile:
         cycle: CycleState,
         request: InferenceRequest,
         endpoints: list[Endpoint],
-        trace: DecisionTrace | None = None,
+        trace: SchedulingTrace | None = None,
     ) -> ProfileRunResult:
         endpoints = self._run_filters(cycle, request, endpoints, trace)
         scored = self._run_scorers(cycle, request, endpoints, trace)
@@ -79,7 +88,7 @@ class SchedulerProfile:
         return result
 
     def _run_filters(
-        self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint], trace: DecisionTrace | None
+        self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint], trace: SchedulingTrace | None
     ) -> list[Endpoint]:
         for plugin, name, observe in self._filters:
             start = perf_counter()
@@ -92,7 +101,7 @@ class SchedulerProfile:
         return endpoints
 
     def _run_scorers(
-        self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint], trace: DecisionTrace | None
+        self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint], trace: SchedulingTrace | None
     ) -> list[ScoredEndpoint]:
         totals = [0.0] * len(endpoints)
         names = [ep.name for ep in endpoints] if trace is not None else []

@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.scheduling import CycleState, ProfileHandler, ProfileRunResult, SchedulingResult
+from epp.framework.scheduling import (
+    CycleState,
+    Profile,
+    ProfileHandler,
+    ProfileRunResult,
+    SchedulingResult,
+    SchedulingTrace,
+)
 from epp.requests.types import InferenceRequest
-from epp.scheduling.profile import NoEndpointsAvailable, SchedulerProfile
-from epp.scheduling.trace import DecisionTrace
+from epp.scheduling.profile import NoEndpointsAvailable
 
 __all__ = ["Scheduler"]
 
 
 class Scheduler:
-    def __init__(self, handler: ProfileHandler, profiles: Mapping[str, SchedulerProfile]) -> None:
+    def __init__(self, handler: ProfileHandler, profiles: Mapping[str, Profile]) -> None:
         self.handler = handler
         self.profiles = dict(profiles)
 
@@ -23,7 +29,7 @@ class Scheduler:
         cycle: CycleState,
         request: InferenceRequest,
         candidates: list[Endpoint],
-        trace: DecisionTrace | None = None,
+        trace: SchedulingTrace | None = None,
     ) -> SchedulingResult:
         """Run profiles; the handler's ``process_results`` decides success or raises."""
         results: dict[str, ProfileRunResult | None] = {}

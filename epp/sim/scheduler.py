@@ -77,7 +77,8 @@ class Scheduler:
         budget = self._schedule_running(plan, self.budget)
         if not plan.preempted:
             self._schedule_waiting(plan, budget, now)
-        prefill = pairs = decode = ctx = 0
+        prefill = decode = ctx = 0
+        pairs = 0.0
         for req, n in plan.scheduled:
             if req.num_computed >= req.num_prompt:
                 decode += 1

@@ -10,6 +10,7 @@ import pytest
 from epp.datalayer.endpoint import EndpointMetadata
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
+from epp.framework.attributes import InFlightLoad
 from epp.framework.plugin import Handle
 from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState
@@ -77,11 +78,15 @@ def test_a_changed_body_after_routing_releases_what_was_added(create: Any, make_
     assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
 
 
-async def test_prepare_data_publishes_the_producer_in_the_cycle(create: Any, make_request: Any) -> None:
+async def test_prepare_data_publishes_a_live_read_only_view_of_the_counts(create: Any, make_endpoint: Any,
+                                                                         make_request: Any, routed: Any) -> None:
     producer = create("inflight-load-producer")
     cycle = CycleState()
     await producer.prepare_data(cycle, make_request(), [])
-    assert cycle.read(INFLIGHT_LOAD_KEY, InFlightLoadProducer) is producer
+    load = cycle.read(INFLIGHT_LOAD_KEY, InFlightLoad)
+    producer.pre_request(CycleState(), make_request(b"x" * 40), routed(make_endpoint("a")))
+    assert (load.requests("a"), load.tokens("a"), load.prefill_backlog("a")) == (1, 25, 10)
+    assert not isinstance(load, InFlightLoadProducer)  # consumers get the counts, not the plugin
 
 
 def test_an_endpoint_removed_from_the_pool_forgets_its_counts(make_request: Any, routed: Any) -> None:
@@ -89,6 +94,7 @@ def test_an_endpoint_removed_from_the_pool_forgets_its_counts(make_request: Any,
     pool.replace_all([EndpointMetadata("a", "10.0.0.1", 8000, 8000)])
     producer = default_registry().create("inflight-load-producer", "inflight", None,
                                          Handle(pool=pool, rng=random.Random(1)), "plugins[0]")
+    assert isinstance(producer, InFlightLoadProducer)
     a = pool.get("a")
     request = make_request(b"x" * 40)
     producer.pre_request(CycleState(), request, routed(a))
@@ -123,6 +129,7 @@ def test_a_request_routed_before_an_endpoint_left_and_rejoined_does_not_release_
     pool.replace_all([member])
     producer = default_registry().create("inflight-load-producer", "inflight", None,
                                          Handle(pool=pool, rng=random.Random(1)), "plugins[0]")
+    assert isinstance(producer, InFlightLoadProducer)
     old = make_request(b"x" * 40, request_id="old")
     producer.pre_request(CycleState(), old, routed(pool.get("a")))
     pool.replace_all([])  # the endpoint leaves (its counts are dropped) ...

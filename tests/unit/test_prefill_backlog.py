@@ -6,15 +6,14 @@ from typing import Any
 
 import pytest
 
-from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
+from epp.framework.attributes import INFLIGHT_LOAD_KEY, PREFIX_MATCH_KEY, PrefixMatch
 from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState
-from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY
 
 
 def cycle_with(producer: Any, match: PrefixMatch | None = None) -> CycleState:
     cycle = CycleState()
-    cycle[INFLIGHT_LOAD_KEY] = producer
+    cycle[INFLIGHT_LOAD_KEY] = producer.load
     if match is not None:
         cycle[PREFIX_MATCH_KEY] = match
     return cycle

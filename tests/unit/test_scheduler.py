@@ -10,7 +10,7 @@ import pytest
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import ResourceExhausted
 from epp.framework.plugin import BasePlugin, Handle
-from epp.framework.scheduling import CycleState, ProfileRunResult, SchedulingResult
+from epp.framework.scheduling import CycleState, Profile, ProfileRunResult, SchedulingResult
 from epp.requests.types import InferenceRequest
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
@@ -39,8 +39,8 @@ class TwoStepHandler(BasePlugin):
         super().__init__(name, None, handle)
         self.calls: list[list[str]] = []
 
-    def pick_profiles(self, cycle: CycleState, request: InferenceRequest, profiles: Mapping[str, SchedulerProfile],
-                      results: Mapping[str, ProfileRunResult | None]) -> Mapping[str, SchedulerProfile]:
+    def pick_profiles(self, cycle: CycleState, request: InferenceRequest, profiles: Mapping[str, Profile],
+                      results: Mapping[str, ProfileRunResult | None]) -> Mapping[str, Profile]:
         self.calls.append(sorted(results))
         if "prefill" not in results:
             return {"prefill": profiles["prefill"]}

@@ -17,7 +17,9 @@ Per endpoint it keeps:
   response chunk. This is the work standing between a new request and its first token,
   which neither queue length (a prefilling request counts as running) nor KV usage shows.
 
-No parameters.
+It publishes an ``InFlightLoad`` (``epp/framework/attributes.py``) under
+``INFLIGHT_LOAD_KEY``: a read-only view of these counts, built once, so consumers read
+typed values and never this class. No parameters.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import prefix_match, prompt_tokens
+from epp.framework.attributes import INFLIGHT_LOAD_KEY, InFlightLoad, prefix_match, request_prompt_tokens
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
@@ -33,13 +35,7 @@ from epp.requests.types import InferenceRequest
 
 __all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens", "request_prompt_tokens"]
 
-INFLIGHT_LOAD_KEY = "InFlightLoadKey"
 _OUTPUT_RATIO = 1.5
-
-
-def request_prompt_tokens(request: InferenceRequest) -> int:
-    """Estimated prompt tokens (body size when there is no prompt text, e.g. token ids)."""
-    return prompt_tokens(len(request.prompt) or request.size_bytes)
 
 
 def estimate_tokens(request: InferenceRequest) -> int:
@@ -76,6 +72,8 @@ class InFlightLoadProducer(BasePlugin):
         # membership of the same name cannot release load added after it rejoined.
         self._epoch: dict[str, int] = {}
         self._state_key = f"{self.TYPE}/{name}"
+        # The counters are only ever updated in place, so this one view stays current.
+        self.load = InFlightLoad(self._requests, self._tokens, self._prefill)
         handle.pool.add_listener(self)
 
     def requests(self, endpoint: str) -> int:
@@ -88,7 +86,7 @@ class InFlightLoadProducer(BasePlugin):
         return self._prefill.get(endpoint, 0)
 
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
-        cycle[INFLIGHT_LOAD_KEY] = self
+        cycle[INFLIGHT_LOAD_KEY] = self.load
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         endpoint = result.primary.endpoints[0].name

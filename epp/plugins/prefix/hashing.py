@@ -28,7 +28,7 @@ def hash_prompt(prompt: bytes, model: str, cache_salt: str, block_size_tokens: i
     if len(prompt) > limit:
         prompt = prompt[:limit]
     previous = xxh64_intdigest((model + cache_salt).encode())
-    hashes = []
+    hashes: list[int] = []
     append = hashes.append
     for start in range(0, len(prompt), block):
         previous = xxh64_intdigest(prompt[start : start + block] + previous.to_bytes(8, "little"))

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 
 from epp.errors import ResourceExhausted
 from epp.framework.plugin import BasePlugin
-from epp.framework.scheduling import CycleState, ProfileRunResult, SchedulingResult
+from epp.framework.scheduling import CycleState, Profile, ProfileRunResult, SchedulingResult
 from epp.requests.types import InferenceRequest
-from epp.scheduling.profile import SchedulerProfile
 
 __all__ = ["SingleProfileHandler"]
 
@@ -28,9 +27,9 @@ class SingleProfileHandler(BasePlugin):
         self,
         cycle: CycleState,
         request: InferenceRequest,
-        profiles: Mapping[str, SchedulerProfile],
+        profiles: Mapping[str, Profile],
         results: Mapping[str, ProfileRunResult | None],
-    ) -> Mapping[str, SchedulerProfile]:
+    ) -> Mapping[str, Profile]:
         return {} if results else profiles
 
     def process_results(

@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import prefix_match
+from epp.framework.attributes import INFLIGHT_LOAD_KEY, inflight_load, prefix_match, request_prompt_tokens
 from epp.framework.plugin import BasePlugin
 from epp.framework.scheduling import CycleState, ScorerCategory
-from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer, request_prompt_tokens
 from epp.requests.types import InferenceRequest
 
 __all__ = ["PrefillLoadScorer"]
@@ -39,8 +38,7 @@ class PrefillLoadScorer(BasePlugin):
         return ScorerCategory.BALANCE
 
     def score(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> Sequence[float]:
-        load = cycle.get(INFLIGHT_LOAD_KEY)
-        backlog = load.prefill_backlog if isinstance(load, InFlightLoadProducer) else (lambda _: 0)
+        backlog = inflight_load(cycle).prefill_backlog
         match = prefix_match(cycle)
         tokens = request_prompt_tokens(request)
         costs = [backlog(ep.name) + match.uncached_tokens(ep.name, tokens) for ep in endpoints]

@@ -1,8 +1,9 @@
 """``token-load-scorer``: prefer endpoints with fewer estimated tokens in flight.
 
 Score = ``1 - min(tokens, queueThresholdTokens) / queueThresholdTokens`` using the
-``inflight-load-producer``'s counts (created automatically when absent); an endpoint
-with nothing in flight scores 1.0. Category: Distribution.
+in-flight tokens the ``inflight-load-producer`` publishes (created automatically when
+absent); an endpoint with nothing in flight, or no in-flight data at all, scores 1.0.
+Category: Distribution.
 Parameter: ``queueThresholdTokens`` (4194304; > 0).
 """
 
@@ -12,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import INFLIGHT_LOAD_KEY, inflight_load
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
 from epp.framework.scheduling import CycleState, ScorerCategory
-from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer
 from epp.requests.types import InferenceRequest
 
 __all__ = ["TokenLoadParams", "TokenLoadScorer"]
@@ -44,8 +45,6 @@ class TokenLoadScorer(BasePlugin):
         return ScorerCategory.DISTRIBUTION
 
     def score(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> Sequence[float]:
-        load = cycle.get(INFLIGHT_LOAD_KEY)
-        if not isinstance(load, InFlightLoadProducer):
-            return [1.0] * len(endpoints)
+        load = inflight_load(cycle)
         threshold = self.params.queue_threshold_tokens
         return [1.0 - min(load.tokens(ep.name), threshold) / threshold for ep in endpoints]
