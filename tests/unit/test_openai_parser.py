@@ -10,6 +10,7 @@ import pytest
 from epp.errors import BadRequest
 from epp.framework.parsing import ParsedBody
 from epp.plugins.parsers.openai import OpenAIParser, api_for_path, request_path
+from epp.requests.gojson import go_json
 from epp.requests.types import ApiKind
 
 CHAT = "/v1/chat/completions"
@@ -254,3 +255,12 @@ def test_conversation_items_keep_go_field_order_type_role_content(parser: OpenAI
 )
 def test_embeddings_prompt_is_json_of_the_input(parser: OpenAIParser, value: Any, expected: bytes) -> None:
     assert parse(parser, {"model": "m", "input": value}, "/v1/embeddings").prompt == expected
+
+
+def test_responses_prompt_written_part_by_part_is_go_json_of_the_whole_list(parser: OpenAIParser) -> None:
+    # The parts are written one by one (so their wrappers add no nesting); the bytes must not change.
+    body = {"model": "m", "instructions": {"b": [1, {"z": "<&>", "a": None}], "a": "x"},
+            "tools": [{"type": "function", "parameters": {"properties": {"q": {"type": "string"}}, "type": "object"}}],
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi\u2028"}]}]}
+    expected = go_json([{key: body[key]} for key in ("instructions", "tools", "input")], sort_keys=True)
+    assert parse(parser, body, "/v1/responses").prompt == expected

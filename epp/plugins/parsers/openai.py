@@ -11,6 +11,10 @@ producer hashes, built the way the Go EPP builds them: completions use the plain
 text (a list of strings joined by spaces; token-id prompts give no bytes), chat uses
 Go-style JSON of the messages keeping only ``role`` and ``content``, responses JSON of
 instructions/tools/input, conversations JSON of the items, embeddings JSON of the input.
+
+Hostile input is refused with a 400 before it is kept or hashed: a body nested deeper than
+``MAX_JSON_DEPTH`` levels, a model name that is too long or has control characters
+(``epp/requests/limits.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from epp.errors import BadRequest
 from epp.framework.parsing import ParsedBody
 from epp.framework.plugin import BasePlugin
 from epp.requests.gojson import go_json, sorted_maps
+from epp.requests.limits import TOO_DEEP_MESSAGE, check_body_depth, check_model_name
 from epp.requests.types import ApiKind
 
 __all__ = ["OpenAIParser", "api_for_path", "request_path"]
@@ -54,6 +59,12 @@ def api_for_path(path: str) -> ApiKind:
     return ApiKind.COMPLETIONS
 
 
+def _object_field(block: dict[str, Any], key: str) -> dict[str, Any]:
+    """``block[key]`` when it is an object, else an empty one (Go's zero-valued struct)."""
+    value = block.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _content(value: Any) -> Any:
     """A chat message's content the way the Go EPP's ``Content`` type marshals it."""
     if isinstance(value, str):
@@ -65,9 +76,7 @@ def _content(value: Any) -> Any:
         for block in value:
             if not isinstance(block, dict):
                 raise BadRequest("invalid chat completions request: must have valid messages field")
-            image = block.get("image_url") if isinstance(block.get("image_url"), dict) else {}
-            audio = block.get("input_audio") if isinstance(block.get("input_audio"), dict) else {}
-            video = block.get("video_url") if isinstance(block.get("video_url"), dict) else {}
+            image, audio, video = (_object_field(block, key) for key in ("image_url", "input_audio", "video_url"))
             out: dict[str, Any] = {"type": block.get("type", "")}
             if block.get("text"):
                 out["text"] = block["text"]
@@ -116,8 +125,12 @@ def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
         case ApiKind.RESPONSES:
             if body.get("input") is None:
                 raise BadRequest("invalid responses request: must have input field")
-            parts = [{key: body[key]} for key in ("instructions", "tools") if body.get(key) is not None]
-            return go_json([*parts, {"input": body["input"]}], sort_keys=True)
+            # Go marshals [{"instructions":..},{"tools":..},{"input":..}]. Writing each value on
+            # its own gives the same bytes without two wrapper levels, so every body within
+            # the depth limit can be hashed.
+            keys = [key for key in ("instructions", "tools") if body.get(key) is not None] + ["input"]
+            parts = (b'{"' + key.encode() + b'":' + go_json(body[key], sort_keys=True) + b"}" for key in keys)
+            return b"[" + b",".join(parts) + b"]"
         case ApiKind.CONVERSATIONS:
             items = body.get("items")
             if not isinstance(items, list) or not items:
@@ -150,12 +163,16 @@ class OpenAIParser(BasePlugin):
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if exc.msg == "depth limit exceeded":  # orjson's own limit, 1024 levels
+                raise BadRequest(TOO_DEEP_MESSAGE) from None
             raise BadRequest(f"error unmarshaling request body: {exc}") from None
         if not isinstance(parsed, dict):
             raise BadRequest("error unmarshaling request body: expected a JSON object")
+        check_body_depth(body, parsed)
         model = parsed.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("model not found in request body")
+        check_model_name(model, "request body")
         path = request_path(headers)
         api = api_for_path(path)
         salt = parsed.get("cache_salt")
