@@ -4,10 +4,20 @@ Names, labels and buckets follow ``pkg/epp/metrics/metrics.go`` so Grafana dashb
 built for the Go EPP work unchanged. Everything lives in one ``CollectorRegistry`` owned
 by a ``PickerMetrics`` instance (no global registry). Pool-level gauges are computed
 when ``/metrics`` is scraped, never on the request path.
+
+Per-model label sets come from client strings, so they are bounded in length and count by
+the families (``epp.metricfamilies``) and expire: a label set unused for ``idle_seconds``
+(10 minutes by default) is dropped when ``/metrics`` is collected, except a running-requests
+gauge that still has requests in flight. ``for_model`` caches the children of each
+(model, target) pair; a cached entry is valid for one collect epoch only, because once the
+epoch is over its children may be dropped, and the whole cache is emptied at each collect.
+So the request path costs one dict lookup and one integer comparison per ``for_model``,
+no clock read, and the cache never updates a child the families no longer export.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -17,7 +27,7 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datalayer.pool import EndpointPool
 from epp.framework.plugin import TypedName
-from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily
+from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily, Lifecycle, bound_label
 
 __all__ = ["ModelMetrics", "PickerMetrics"]
 
@@ -74,12 +84,16 @@ class _PoolCollector(Collector):
 
 
 class ModelMetrics:
-    """The per-request metric children of one (model, target model) pair, looked up once."""
+    """The per-request metric children of one (model, target model) pair, looked up once.
+
+    Valid during collect epoch ``epoch`` only (see ``PickerMetrics.for_model``).
+    """
 
     __slots__ = ("request_sizes", "running", "duration", "response_sizes", "input_tokens", "cached_tokens",
-                 "output_tokens", "normalized_tpot")
+                 "output_tokens", "normalized_tpot", "epoch")
 
     def __init__(self, metrics: PickerMetrics, model: str, target: str) -> None:
+        self.epoch = metrics.lifecycle.epoch
         pair = (model, target)
         self.request_sizes = metrics.request_sizes.labels(*pair)
         self.running = metrics.running_requests.labels(model)
@@ -95,24 +109,57 @@ def _per_model(what: str) -> str:
     return f"Inference objective {what} for each model and target model."
 
 
+class _CacheReset(Collector):
+    """Empties ``PickerMetrics``' per-model cache whenever ``/metrics`` is collected."""
+
+    def __init__(self, cache: dict[tuple[str, str], ModelMetrics]) -> None:
+        self.cache = cache
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        # Entries are stale once any family starts a new epoch; dropping them all keeps the cache
+        # from holding children the families have dropped. They are rebuilt on first use.
+        self.cache.clear()
+        return iter(())
+
+
+# A per-model label set unused for this long is dropped from /metrics.
+DEFAULT_IDLE_SECONDS = 600.0
+
+
 class PickerMetrics:
-    def __init__(self, pool: EndpointPool | None = None, registry: CollectorRegistry | None = None) -> None:
+    """The picker's metrics.
+
+    ``idle_seconds``: per-model label sets (and scheduler attempts per pod) unused for this
+    long are dropped at collect time, except a running gauge with requests in flight;
+    ``None`` keeps them (still bounded by ``MAX_CHILDREN`` per family). ``clock``: for tests.
+    """
+
+    def __init__(self, pool: EndpointPool | None = None, registry: CollectorRegistry | None = None, *,
+                 idle_seconds: float | None = DEFAULT_IDLE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # The Go EPP exposes no *_created series; dashboards and tests written for it expect none.
         disable_created_metrics()
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
+        self.lifecycle = life = Lifecycle(idle_seconds, clock)
+        self._per_model: dict[tuple[str, str], ModelMetrics] = {}
+        self._cache_pruned_epoch = -1
+        r.register(_CacheReset(self._per_model))
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...],
-                      labels: tuple[str, ...] = _MODEL) -> HistogramFamily:
-            return HistogramFamily(name, doc, labels, buckets, r)
+                      labels: tuple[str, ...] = _MODEL, expires: bool = True) -> HistogramFamily:
+            return HistogramFamily(name, doc, labels, buckets, r, lifecycle=life, expires=expires)
 
         self.request_total = CounterFamily(
             "inference_objective_request_total",
             "Counter of inference objective requests broken out for each model and target model.",
-            [*_MODEL, "priority"], r)
+            [*_MODEL, "priority"], r, lifecycle=life)
         self.request_error_total = CounterFamily(
             "inference_objective_request_error_total",
             "Counter of inference objective requests errors broken out for each model and target model.",
-            [*_MODEL, "error_code"], r)
+            [*_MODEL, "error_code"], r, lifecycle=life)
         self.request_duration = histogram("inference_objective_request_duration_seconds",
                                           _per_model("response latency distribution in seconds"), _LATENCY_BUCKETS)
         self.request_sizes = histogram("inference_objective_request_sizes",
@@ -134,34 +181,58 @@ class PickerMetrics:
             _per_model("latency divided by number of output tokens in seconds"), _TPOT_BUCKETS)
         self.running_requests = GaugeFamily("inference_objective_running_requests",
                                             "Inference objective number of running requests in each model.",
-                                            ["model_name"], r)
+                                            ["model_name"], r, lifecycle=life)
         self.scheduler_duration = histogram("inference_extension_scheduler_e2e_duration_seconds",
                                             "End-to-end scheduling latency distribution in seconds.",
                                             _SCHEDULER_BUCKETS, ())
         self.scheduler_attempts = CounterFamily("inference_extension_scheduler_attempts_total",
                                                 "Total number of scheduling attempts.",
-                                                ["status", "target_model_name", "pod_name", "namespace", "port"], r)
+                                                ["status", "target_model_name", "pod_name", "namespace", "port"], r,
+                                                lifecycle=life)
         self.plugin_duration = histogram(
             "inference_extension_plugin_duration_seconds",
             "Plugin processing latency distribution in seconds for each extension point, plugin type and plugin name.",
-            _SCHEDULER_BUCKETS, ("extension_point", "plugin_type", "plugin_name"))
+            _SCHEDULER_BUCKETS, ("extension_point", "plugin_type", "plugin_name"),
+            expires=False)  # label values from the config; plugins hold pre-bound observers for good
         info = GaugeFamily("inference_extension_info",
                            "General information of the current build of Inference Extension.",
-                           ["commit", "build_ref"], r)
+                           ["commit", "build_ref"], r, lifecycle=life, expires=False)
         info.labels("unknown", f"epp-python-{__version__}").set(1)
-        self._per_model: dict[tuple[str, str], ModelMetrics] = {}
+        # Beyond the Go EPP: the picker's own protection, named epp_*.
+        self.endpoint_ejections = CounterFamily(
+            "epp_endpoint_ejections_total",
+            "Times an endpoint was taken out of rotation by passive health checking (failing responses).",
+            ["pod_name"], r, lifecycle=life)
+        self.request_body_refused = CounterFamily(
+            "epp_request_body_refused_total",
+            "Request bodies refused while being received: too_large (413, --max-request-body-bytes) or "
+            "budget (429, --max-inflight-body-bytes).", ["reason"], r, lifecycle=life, expires=False)
         if pool is not None:
             r.register(_PoolCollector(pool))
 
     def for_model(self, model: str, target: str) -> ModelMetrics:
-        """Children for one model pair, cached (bounded like the families' label sets)."""
+        """Children for one model pair, cached for the current collect epoch."""
+        cached = self._per_model.get((model, target))
+        if cached is not None and cached.epoch == self.lifecycle.epoch:
+            return cached
+        return self._cache_model(bound_label(model), bound_label(target))
+
+    def _cache_model(self, model: str, target: str) -> ModelMetrics:
+        epoch = self.lifecycle.epoch
         key = (model, target)
         cached = self._per_model.get(key)
-        if cached is None:
-            cached = ModelMetrics(self, model, target)
-            if len(self._per_model) < MAX_CHILDREN:
-                self._per_model[key] = cached
-        return cached
+        if cached is not None and cached.epoch == epoch:
+            return cached  # the name was cut to the label bound: its bounded key is cached
+        entry = ModelMetrics(self, model, target)
+        cache = self._per_model
+        if len(cache) >= MAX_CHILDREN and key not in cache and self._cache_pruned_epoch != epoch:
+            # Stale entries would be rebuilt anyway; once per epoch is enough to find them all.
+            self._cache_pruned_epoch = epoch
+            for stale in [k for k, v in cache.items() if v.epoch != epoch]:
+                del cache[stale]
+        if len(cache) < MAX_CHILDREN or key in cache:
+            cache[key] = entry
+        return entry
 
     def plugin_observer(self, extension_point: str, name: TypedName) -> Callable[[float], None]:
         """A pre-bound ``observe`` for one plugin (label lookup done once, not per call)."""

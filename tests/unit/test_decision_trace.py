@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import tracemalloc
 
 import pytest
 
-from epp.scheduling.trace import DecisionLog, DecisionTrace
+from epp.scheduling.trace import MAX_ID_LENGTH, MAX_MODEL_LENGTH, DecisionLog, DecisionTrace, trace_key
 
 
 def trace(request_id: str) -> DecisionTrace:
@@ -60,3 +62,63 @@ def test_totals_are_weighted_sums_per_profile() -> None:
     assert out["profiles"]["p"]["totals"] == {"a": 2.0, "b": 2.0}
     assert out["profiles"]["p"]["picked"] == ["b"]
     assert out["destination"] == ["b"]
+
+
+def test_a_second_request_with_the_same_id_does_not_erase_the_first_trace() -> None:
+    log = DecisionLog(capacity=8)
+    first, second = trace("dup"), trace("dup")
+    log.record(first)
+    log.record(trace("other"))
+    log.record(second)
+    assert log.get("dup") is second  # the newest, as before
+    assert log.get_all("dup") == [second, first]
+    assert [t.request_id for t in log.recent(10)] == ["dup", "other", "dup"]
+
+
+def test_traces_sharing_an_id_leave_in_record_order_like_any_other() -> None:
+    log = DecisionLog(capacity=3)
+    first = trace("dup")
+    log.record(first)
+    log.record(trace("a"))
+    second = trace("dup")
+    log.record(second)
+    log.record(trace("b"))  # evicts the oldest trace: the first "dup", not the second
+    assert log.get_all("dup") == [second]
+    log.record(trace("c"))
+    log.record(trace("d"))
+    assert log.get("dup") is None and log.get_all("dup") == []
+    assert len(log) == 3
+
+
+def test_an_overlong_request_id_is_kept_bounded_and_still_found_by_the_full_id() -> None:
+    log = DecisionLog(capacity=4)
+    long_id = "r" * 100_000
+    near_twin = "r" * 99_999 + "s"  # same first characters, different id
+    log.record(trace(long_id))
+    log.record(trace(near_twin))
+    found = log.get(long_id)
+    assert found is not None and len(found.request_id) <= MAX_ID_LENGTH
+    assert found.request_id == trace_key(long_id) != trace_key(near_twin)
+    assert log.get_all(long_id) == [found]
+    assert log.get(near_twin) is not found
+
+
+def test_an_overlong_model_name_is_cut_in_the_trace() -> None:
+    t = DecisionTrace("r", "m" * 200_000, ["a"])
+    assert len(t.model) == MAX_MODEL_LENGTH and t.as_dict()["model"].endswith("...")
+
+
+def test_a_full_log_holds_bounded_memory_whatever_ids_and_models_clients_send() -> None:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        log = DecisionLog(capacity=256)
+        for i in range(600):
+            log.record(DecisionTrace(f"{i}-" + "\U0001f600" * 50_000, "\U0001f600" * 50_000, ["a", "b", "c"]))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(log) == 256
+    assert held < 1_000_000, f"{held} bytes held by 256 traces"
