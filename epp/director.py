@@ -21,23 +21,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
-import orjson
-
 from epp.config.loader import PickerConfig
-from epp.datalayer.dispatch import account_dispatch
 from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.passive_health import PassiveHealth, routable
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.subset import subset_candidates
-from epp.errors import InternalError, PickerError, ServiceUnavailable
-from epp.framework.attributes import prefix_match
+from epp.errors import BadRequest, InternalError, PickerError, ServiceUnavailable
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.hookerrors import HookErrors
 from epp.metrics import PickerMetrics
+from epp.plugins.dispatch.accounting import DispatchAccounting
 from epp.request_context import RequestContext
+from epp.requests.limits import check_model_name
+from epp.requests.model_rewrite import ModelNameRestorer, replace_model
 from epp.requests.types import InferenceRequest
 from epp.scheduling.trace import DecisionLog, DecisionTrace
 
-__all__ = ["Decision", "Director", "rewrite_model_name"]
+__all__ = ["Decision", "Director"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 DEFAULT_FAIRNESS_ID = "default-flow"
+# Fairness ids and objective names are Kubernetes-style names (at most 253 characters);
+# they key per-flow state, so a client must not be able to make them arbitrarily large.
+MAX_HEADER_NAME_VALUE = 253
 
 
 @dataclass(slots=True)
@@ -65,15 +68,19 @@ class Director:
         decisions: DecisionLog | None = None,
         honor_subset_hint: bool = True,
         account_dispatches: bool = True,
+        honor_rewrite_header: bool = True,
+        passive_health: PassiveHealth | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
         self.metrics = metrics
         self.rng = rng or random.Random()
-        self.decisions = decisions or DecisionLog(0)
+        self.decisions = decisions if decisions is not None else DecisionLog(0)
         self.honor_subset_hint = honor_subset_hint
-        self.account_dispatches = account_dispatches
+        self.honor_rewrite_header = honor_rewrite_header
+        self.passive_health = passive_health
         self._errors = HookErrors()
+        self._pre_request = [*config.pre_request, *([DispatchAccounting()] if account_dispatches else [])]
 
     # --- request path -------------------------------------------------------------
 
@@ -81,32 +88,35 @@ class Director:
         endpoints: Sequence[Endpoint] = self.pool.endpoints()
         if subset is not None and self.honor_subset_hint:
             endpoints = subset_candidates(endpoints, subset)
-        # Readiness comes from scrapes; if every allowed endpoint looks down, route anyway
-        # rather than refuse everything on a scrape misconfiguration.
-        ready = [ep for ep in endpoints if ep.ready]
-        if not ready and not endpoints:
+        if not endpoints:
             raise ServiceUnavailable("failed to find endpoint candidates for serving the request")
-        return ready or list(endpoints)
+        # Scrape readiness and passive-health ejection steer traffic away; if every allowed
+        # endpoint is out, route anyway rather than refuse everything on a misjudgement.
+        return routable(endpoints, time.monotonic())
 
     def random_endpoint(self, subset: Sequence[str] | None) -> Endpoint:
         """For headers-only requests (no body to parse): a uniformly random candidate."""
-        if not self.pool.endpoints():
-            raise InternalError("no endpoints available in the pool")
         return self.rng.choice(self.candidates(subset))
 
     async def handle_request(
         self, ctx: RequestContext, headers: Mapping[str, str], body: bytes, subset: Sequence[str] | None
     ) -> Decision:
         parsed = self.config.parser.parse_request(headers, body)
-        target = headers.get(MODEL_REWRITE_HEADER) or parsed.model
+        target = parsed.model
+        rewrite = headers.get(MODEL_REWRITE_HEADER) if self.honor_rewrite_header else None
+        if rewrite:
+            target = check_model_name(rewrite, f"header {MODEL_REWRITE_HEADER}")
         request = InferenceRequest(
             request_id=ctx.request_id, api=parsed.api, path=parsed.path, model=parsed.model, target_model=target,
             body=parsed.body, raw_body=body, stream=parsed.stream, headers=headers,
-            fairness_id=headers.get(FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
-            objective=headers.get(OBJECTIVE_HEADER) or None, cache_salt=parsed.cache_salt,
+            fairness_id=_bounded_header(headers, FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
+            objective=_bounded_header(headers, OBJECTIVE_HEADER) or None, cache_salt=parsed.cache_salt,
             prompt=parsed.prompt, received_at=ctx.received_at,
         )
         ctx.request = request
+        # Everything that can fail the request happens before any bookkeeping: once
+        # ``ctx.scheduled`` is called, ``finish`` releases what follows, exactly once.
+        new_body = replace_model(body, target) if target != parsed.model else None
         candidates = self.candidates(subset)
         cycle = CycleState()
         for producer in self.config.producers:
@@ -118,23 +128,22 @@ class Director:
             await admitter.admit(request, candidates)
         result = self._schedule(cycle, request, candidates)
         endpoints = result.primary.endpoints
+        # Bookkeeping from here on; none of it may raise (paired with ``finish``).
         ctx.scheduled(endpoints[0])
-        for plugin in self.config.pre_request:
+        if target != parsed.model:
+            ctx.restorer = ModelNameRestorer(target, parsed.model)
+        for plugin in self._pre_request:
             try:
                 plugin.pre_request(cycle, request, result)
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 self._errors.report("pre-request", plugin)
-        if self.account_dispatches:
-            cached = prefix_match(cycle).cached_tokens(endpoints[0].name)
-            account_dispatch(endpoints[0], len(request.prompt) or len(body), cached)
-        new_body = None
-        if target != parsed.model:
-            new_body = orjson.dumps({**parsed.body, "model": target})
         if self.metrics is not None:
             self.metrics.request_total.labels(request.model, request.target_model, str(request.priority)).inc()
             per_model = self.metrics.for_model(request.model, request.target_model)
             per_model.request_sizes.observe(len(new_body if new_body is not None else body))
-            per_model.running.inc()
+            ctx.running = per_model.running
+            ctx.running.inc()
+        request.release_payload()
         return Decision([ep.hostport for ep in endpoints], new_body)
 
     def _schedule(self, cycle: CycleState, request: InferenceRequest, candidates: list[Endpoint]) -> SchedulingResult:
@@ -171,6 +180,10 @@ class Director:
 
     def response_headers(self, ctx: RequestContext, headers: dict[str, str]) -> None:
         ctx.response_started(headers)
+        # The status is final here: connect failures and timeouts arrive as Envoy's own
+        # 503/504 replies, and a long successful stream counts as soon as it starts.
+        if self.passive_health is not None and ctx.endpoint is not None:
+            self.passive_health.record(ctx.endpoint, ctx.response.status)
         if ctx.request is None:
             return
         for plugin in self.config.response_received:
@@ -179,11 +192,14 @@ class Director:
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 self._errors.report("response-received", plugin)
 
-    def response_chunk(self, ctx: RequestContext, chunk: bytes, end_of_stream: bool, rewrite: bool = True) -> bytes:
+    def response_chunk(self, ctx: RequestContext, chunk: bytes, end_of_stream: bool, rewrite: bool = True,
+                       last: bool | None = None) -> bytes:
         """Account for one response body chunk; returns the bytes to forward.
 
         ``rewrite``: whether the chunk may be changed (the model name given back); the
         transport says no when Envoy's response mode cannot take a body of another length.
+        ``last``: no more body follows (defaults to ``end_of_stream``; a buffered body that
+        trailers follow is the last one without ending the stream).
         """
         ctx.chunk_seen(chunk)
         request = ctx.request
@@ -193,11 +209,17 @@ class Director:
                     plugin.response_streaming(request, ctx.response, chunk)
                 except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                     self._errors.report("response-streaming", plugin)
-            if rewrite and request.target_model != request.model:
-                chunk = rewrite_model_name(chunk, request.target_model, request.model)
+        if rewrite and ctx.restorer is not None:
+            chunk = ctx.restorer.feed(chunk, end_of_stream if last is None else last)
         if end_of_stream:
             self.finish(ctx, completed=True)
         return chunk
+
+    def response_trailers(self, ctx: RequestContext) -> bytes:
+        """The response ends with trailers: finish it; returns body bytes still held back."""
+        tail = ctx.restorer.feed(b"", end_of_stream=True) if ctx.restorer is not None else b""
+        self.finish(ctx, completed=True)
+        return tail
 
     def finish(self, ctx: RequestContext, completed: bool = False, error: PickerError | None = None) -> None:
         """End of the request, however it ended. Idempotent."""
@@ -227,8 +249,10 @@ class Director:
             metrics.request_error_total.labels(model, target, code).inc()
         if request is None or ctx.endpoint is None:
             return
+        if ctx.running is not None:
+            ctx.running.dec()
+            ctx.running = None
         per_model = metrics.for_model(model, target)
-        per_model.running.dec()
         if not ctx.response.completed:
             return
         elapsed = time.monotonic() - ctx.received_at
@@ -244,10 +268,9 @@ class Director:
                 per_model.normalized_tpot.observe(elapsed / usage.completion_tokens)
 
 
-def rewrite_model_name(chunk: bytes, target: str, incoming: str) -> bytes:
-    """Give the client back the model name it asked for (the Go EPP's byte replacement)."""
-    for separator in (b'"model":"', b'"model": "'):
-        needle = separator + target.encode() + b'"'
-        if needle in chunk:
-            return chunk.replace(needle, separator + incoming.encode() + b'"')
-    return chunk
+def _bounded_header(headers: Mapping[str, str], name: str) -> str:
+    """A control header's value, refused when too long to be a name (it becomes a map key)."""
+    value = headers.get(name, "")
+    if len(value) > MAX_HEADER_NAME_VALUE:
+        raise BadRequest(f"header {name} is longer than {MAX_HEADER_NAME_VALUE} characters")
+    return value

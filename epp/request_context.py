@@ -6,6 +6,8 @@ import time
 
 from epp.datalayer.endpoint import Endpoint
 from epp.framework.requestcontrol import ResponseInfo
+from epp.metricfamilies import Value
+from epp.requests.model_rewrite import ModelNameRestorer
 from epp.requests.types import InferenceRequest
 from epp.requests.usage import UsageScanner
 
@@ -13,7 +15,8 @@ __all__ = ["RequestContext"]
 
 
 class RequestContext:
-    __slots__ = ("request_id", "received_at", "request", "endpoint", "response", "usage", "finished")
+    __slots__ = ("request_id", "received_at", "request", "endpoint", "response", "usage", "finished", "restorer",
+                 "running")
 
     def __init__(self, request_id: str, received_at: float | None = None) -> None:
         self.request_id = request_id
@@ -23,8 +26,14 @@ class RequestContext:
         self.response = ResponseInfo()
         self.usage: UsageScanner | None = None
         self.finished = False
+        # Gives the client back its model name in the response when it was rewritten.
+        self.restorer: ModelNameRestorer | None = None
+        # The running-requests gauge this request incremented: the decrement goes to the
+        # same child, even if the metric families changed their label sets meanwhile.
+        self.running: Value | None = None
 
     def scheduled(self, endpoint: Endpoint) -> None:
+        """The request is routed: from now on ``Director.finish`` releases its bookkeeping."""
         self.endpoint = endpoint
         self.response.endpoint = endpoint
 

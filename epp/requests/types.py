@@ -30,8 +30,8 @@ class InferenceRequest:
         path: the ``:path`` header, without the query string.
         model: the model name the client asked for.
         target_model: the model name sent to the model server (after rewrite).
-        body: the parsed JSON object. Treat as read-only; the director re-serialises it
-            only when the model name changes.
+        body: the parsed JSON object, read-only. Like ``raw_body`` and ``prompt`` it is
+            emptied once the request is routed (``release_payload``).
         raw_body: the body bytes as received.
         stream: ``"stream": true`` in the body.
         headers: request headers, lower-case names, pseudo-headers included.
@@ -62,7 +62,22 @@ class InferenceRequest:
     # Per-request scratch space for request-lifecycle plugins (keyed by plugin name),
     # e.g. the prefix hashes computed in PrepareData and recorded again in PreRequest.
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    # Body size kept once the payload is released (``release_payload``).
+    _released_size: int = -1
 
     @property
     def size_bytes(self) -> int:
-        return len(self.raw_body)
+        return len(self.raw_body) if self._released_size < 0 else self._released_size
+
+    def release_payload(self) -> None:
+        """Drop the body, its parsed form and the prompt once the request is routed.
+
+        A streamed response can last minutes; holding a 64 MiB body (three times over:
+        bytes, parsed dict, prompt) for that long is what let concurrent streams pin
+        memory. Response hooks see ``size_bytes`` and ``plugin_state``; what a plugin
+        needs from the body later it must keep itself in ``pre_request``.
+        """
+        self._released_size = len(self.raw_body) if self._released_size < 0 else self._released_size
+        self.raw_body = b""
+        self.body = {}
+        self.prompt = b""

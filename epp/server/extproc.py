@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
@@ -32,11 +32,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.director import Director
-from epp.errors import InternalError, PayloadTooLarge, PickerError
+from epp.errors import InternalError, PayloadTooLarge, PickerError, ResourceExhausted
+from epp.hookerrors import ThrottledLog
 from epp.request_context import RequestContext
 from epp.server import messages
 
-__all__ = ["CONTROL_HEADERS", "ExtProcServicer", "SUBSET_KEY", "SUBSET_NAMESPACE"]
+__all__ = ["CONTROL_HEADERS", "BodyBudget", "ExtProcServicer", "SUBSET_KEY", "SUBSET_NAMESPACE"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,54 @@ CONTROL_HEADERS = (
 _FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
 _BUFFERED = modes.ProcessingMode.BUFFERED
 _REQUEST_MODES = (_FULL_DUPLEX, _BUFFERED)
+# A client's x-request-id longer than this (or with control characters) is replaced by a
+# generated one: the id reaches log lines and the decision log's keys.
+MAX_REQUEST_ID_LENGTH = 128
+_FAILURES = ThrottledLog(log)
+
+
+class ProtocolError(InternalError):
+    """The ext_proc peer broke the message order (Envoy never does; anything on the port can)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"ext_proc protocol error: {message}")
+
+
+class BodyBudget:
+    """Request-body bytes held across all streams, bounded (``--max-inflight-body-bytes``).
+
+    Each stream holds its body from the first chunk until the request is routed. Without a
+    bound, many concurrent large bodies (each under the per-request limit) could exhaust
+    memory; past it new bodies are refused with 429 while the ones held finish. Both body
+    refusals are counted through ``refused(reason)``.
+    """
+
+    __slots__ = ("limit", "held", "refused")
+
+    def __init__(self, limit: int, refused: Callable[[str], None] = lambda reason: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = refused
+
+    def take(self, stream_size: int, max_body: int, size: int) -> None:
+        """Hold ``size`` more bytes for a stream already holding ``stream_size``."""
+        if stream_size + size > max_body:
+            self.refused("too_large")
+            raise PayloadTooLarge(f"request body exceeds {max_body} bytes")
+        if self.held + size > self.limit:
+            self.refused("budget")
+            raise ResourceExhausted("request bodies held by the picker exceed its budget; retry later")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def _request_id(headers: dict[str, str]) -> str | None:
+    value = headers.get(REQUEST_ID_HEADER)
+    if not value or len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+        return None
+    return value
 
 
 def _headers(message: pb.HttpHeaders) -> dict[str, str]:
@@ -77,12 +126,13 @@ def _subset_hint(request: pb.ProcessingRequest) -> list[str] | None:
 class _Stream:
     """State of one ext_proc stream."""
 
-    __slots__ = ("director", "max_body", "request_mode", "response_mode", "headers", "chunks",
+    __slots__ = ("director", "max_body", "budget", "request_mode", "response_mode", "headers", "chunks",
                  "body_size", "ctx", "subset", "generated_id", "decided", "pending")
 
-    def __init__(self, director: Director, max_body: int) -> None:
+    def __init__(self, director: Director, max_body: int, budget: BodyBudget) -> None:
         self.director = director
         self.max_body = max_body
+        self.budget = budget
         self.request_mode: int = _FULL_DUPLEX
         self.response_mode: int = _FULL_DUPLEX
         self.headers: dict[str, str] = {}
@@ -104,6 +154,8 @@ class _Stream:
                 self.response_mode = request.protocol_config.response_body_mode
             return self._request_headers(request)
         if kind == "request_body":
+            if self.ctx is None:
+                raise ProtocolError("request body before request headers")
             body = request.request_body
             return self._request_body(body.body, body.end_of_stream)
         if kind == "response_body":
@@ -111,20 +163,26 @@ class _Stream:
         if kind == "response_headers":
             return self._response_headers(request.response_headers)
         if kind == "request_trailers":
+            if self.ctx is None:
+                raise ProtocolError("request trailers before request headers")
             if self.decided:
                 return [messages.trailers_response(request=True)]
             return self._request_body(b"", False, trailers=True)
         if kind == "response_trailers":
-            if self.ctx is not None:
-                self.director.finish(self.ctx, completed=True)
-            return [messages.trailers_response(request=False)]
+            tail = self.director.response_trailers(self.ctx) if self.ctx is not None else b""
+            # A model name held back at a chunk boundary goes out before the trailers.
+            held = messages.streamed_body(tail, False, request=False) if tail else []
+            return [*held, messages.trailers_response(request=False)]
         raise InternalError(f"unexpected ext_proc message {kind!r}")
 
     def _request_headers(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.ctx is not None:
+            # One stream is one HTTP request; a second would orphan the first one's state.
+            raise ProtocolError("a second request on one stream")
         self.headers = _headers(request.request_headers)
         self.subset = _subset_hint(request)
-        request_id = self.headers.get(REQUEST_ID_HEADER)
-        if not request_id:
+        request_id = _request_id(self.headers)
+        if request_id is None:
             request_id = str(uuid.uuid4())
             self.headers[REQUEST_ID_HEADER] = request_id
             self.generated_id = True
@@ -136,7 +194,7 @@ class _Stream:
             return [messages.request_headers_response([endpoint.hostport], self._extra_headers(None),
                                                       self._control_headers())]
         if self.request_mode not in _REQUEST_MODES:
-            name = modes.ProcessingMode.BodySendMode.Name(self.request_mode)  # type: ignore[arg-type]
+            name = modes.ProcessingMode.BodySendMode.Name(self.request_mode)
             raise InternalError(f"ext_proc request_body_mode {name} cannot carry a destination; "
                                 "configure FULL_DUPLEX_STREAMED (or BUFFERED)")
         if self.request_mode == _BUFFERED:
@@ -161,9 +219,8 @@ class _Stream:
         if self.decided or self.pending:
             raise InternalError("ext_proc protocol error: request body after the request was routed")
         if chunk:
+            self.budget.take(self.body_size, self.max_body, len(chunk))
             self.body_size += len(chunk)
-            if self.body_size > self.max_body:
-                raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
             self.chunks.append(chunk)
         # BUFFERED mode sends the whole body in one message, with end_of_stream false when
         # trailers follow: that message is the complete body.
@@ -177,8 +234,11 @@ class _Stream:
         self.pending = None
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
-        assert self.ctx is not None
-        decision = await self.director.handle_request(self.ctx, self.headers, body, self.subset)
+        assert self.ctx is not None  # handle() refuses a body before headers
+        try:
+            decision = await self.director.handle_request(self.ctx, self.headers, body, self.subset)
+        finally:
+            self.release_body()
         self.decided = True
         if self.request_mode == _BUFFERED:
             return [messages.buffered_request_body_response(decision.destinations, self._extra_headers(decision.body),
@@ -190,6 +250,12 @@ class _Stream:
         if trailers:
             responses.append(messages.trailers_response(request=True))
         return responses
+
+    def release_body(self) -> None:
+        """Give the body's bytes back to the budget (routed, refused or stream gone)."""
+        self.budget.give(self.body_size)
+        self.body_size = 0
+        self.chunks = []
 
     def _response_headers(self, message: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         if self.ctx is not None:
@@ -203,21 +269,26 @@ class _Stream:
         rewrite = self.response_mode in _REQUEST_MODES  # modes in which the body length may change
         forward = chunk
         if self.ctx is not None:
-            forward = self.director.response_chunk(self.ctx, chunk, end_of_stream, rewrite)
+            forward = self.director.response_chunk(self.ctx, chunk, end_of_stream, rewrite,
+                                                   last=end_of_stream or self.response_mode == _BUFFERED)
         if self.response_mode == _FULL_DUPLEX:
             return messages.streamed_body(forward, end_of_stream, request=False)
         return [messages.continue_response_body(forward if forward is not chunk else None)]
 
 
-class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, director: Director, max_request_body: int = 64 * 1024 * 1024) -> None:
+class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated gRPC base: no types
+    def __init__(self, director: Director, max_request_body: int = 64 * 1024 * 1024,
+                 max_inflight_body_bytes: int = 1024 * 1024 * 1024) -> None:
         self.director = director
         self.max_request_body = max_request_body
+        metrics = director.metrics
+        refused = (lambda reason: metrics.request_body_refused.labels(reason).inc()) if metrics else (lambda _: None)
+        self.budget = BodyBudget(max_inflight_body_bytes, refused)
 
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        stream = _Stream(self.director, self.max_request_body)
+        stream = _Stream(self.director, self.max_request_body, self.budget)
         error: PickerError | None = None
         try:
             async for request in request_iterator:
@@ -228,7 +299,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 except PickerError as exc:
                     error = exc
                 except Exception as exc:  # noqa: BLE001 - one request's bug must not kill the server
-                    log.exception("request %s failed", stream.ctx.request_id if stream.ctx else "?")
+                    # Throttled: a hostile input that trips a bug must not log a traceback per request.
+                    _FAILURES.exception(type(exc).__name__,
+                                        f"request {stream.ctx.request_id if stream.ctx else '?'} failed")
                     error = InternalError(f"internal error: {type(exc).__name__}")
                 if error is not None:
                     yield messages.immediate_response(error)
@@ -236,5 +309,6 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 for response in responses:
                     yield response
         finally:
+            stream.release_body()
             if stream.ctx is not None:
                 self.director.finish(stream.ctx, error=error)

@@ -103,7 +103,7 @@ def streamed_body(body: bytes, end_of_stream: bool, request: bool) -> list[pb.Pr
 def immediate_response(error: PickerError) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     immediate = response.immediate_response
-    immediate.status.code = error.status_code  # type: ignore[assignment]
+    immediate.status.code = error.status_code
     _fill_mutation(immediate.headers, [("content-type", "text/plain; charset=utf-8")], ())
     immediate.body = error.body.encode()
     return response

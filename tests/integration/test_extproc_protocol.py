@@ -183,10 +183,10 @@ async def test_oversized_body_gets_413(start_picker) -> None:  # type: ignore[no
         assert ok.destination in ENDPOINTS
 
 
-async def test_empty_pool_headers_only_is_500_and_with_body_is_503(start_picker) -> None:  # type: ignore[no-untyped-def]
+async def test_empty_pool_is_503_for_headers_only_requests_too(start_picker) -> None:  # type: ignore[no-untyped-def]
     server: PickerServer = await start_picker(endpoints=",")
     async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as client:
-        assert (await client.exchange(None)).status == 500
+        assert (await client.exchange(None)).status == 503
         assert (await client.exchange(completion())).status == 503
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from epp.datalayer.subset import subset_candidates
-from epp.director import rewrite_model_name
+from epp.requests.model_rewrite import ModelNameRestorer
 
 POOL = [
     ("a", "10.0.0.1", 8000),
@@ -56,4 +56,4 @@ def test_subset_candidates(pool: list[Any], subset: list[str], expected: list[st
     ],
 )
 def test_rewrite_model_name_gives_the_client_its_model_back(chunk: bytes, expected: bytes) -> None:
-    assert rewrite_model_name(chunk, "lora-7", "llama") == expected
+    assert ModelNameRestorer("lora-7", "llama").feed(chunk, end_of_stream=True) == expected

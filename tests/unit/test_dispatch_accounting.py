@@ -62,3 +62,20 @@ def test_a_scrape_replaces_the_estimate_even_without_a_queue_series(make_endpoin
     with pytest.raises(ExtractionError):  # the waiting series is missing
         extractor.extract(page, ep)
     assert (ep.metrics.waiting_queue_size, ep.metrics.running_requests_size) == (1, 3)  # the estimate is gone
+
+
+def test_the_dispatch_accounting_plugin_counts_the_routed_primary_less_its_cached_prefix(
+        make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
+    from epp.framework.scheduling import CycleState
+    from epp.plugins.dispatch.accounting import DispatchAccounting
+
+    primary, other = make_endpoint("a"), make_endpoint("b")
+    for ep in (primary, other):
+        ep.metrics = scraped(kv_cache_usage_percent=0.0)
+    cycle = CycleState()
+    cycle[PREFIX_MATCH_KEY] = PrefixMatch(total_blocks=250, block_size_tokens=16, matches={"a": 100})
+    request = make_request(b"x" * 16_000)
+    DispatchAccounting().pre_request(cycle, request, routed(primary, other))
+    assert (primary.metrics.waiting_queue_size, other.metrics.waiting_queue_size) == (1, 0)
+    assert primary.metrics.kv_cache_usage_percent == pytest.approx((4000 - 1600) / 16_000)
