@@ -53,7 +53,13 @@ class Stack:
         envoy_template: Path | None = None,
         extra_http_filters: list[dict[str, Any]] | None = None,
         host: str = "127.0.0.1",
+        sim_hosts: Sequence[str] | None = None,
+        envoy_options: dict[str, Any] | None = None,
     ) -> None:
+        """``sim_hosts``: the loopback address of each simulator (default: all on ``host``),
+        e.g. several ports of one IP as the data-parallel ranks of one pod.
+        ``envoy_options``: keyword options of ``render_bootstrap`` (header stripping,
+        served-endpoint reporting, fail-open)."""
         self.workdir = workdir
         self.replicas = replicas
         self.ports = ports or StackPorts.free(replicas)
@@ -63,6 +69,12 @@ class Stack:
         self.envoy_template = envoy_template or repo_bootstrap_path()
         self.extra_http_filters = extra_http_filters
         self.host = host
+        self.sim_hosts = list(sim_hosts) if sim_hosts is not None else [host] * replicas
+        if len(self.sim_hosts) != replicas:
+            raise ValueError(f"sim_hosts has {len(self.sim_hosts)} addresses for {replicas} replicas")
+        if sim_hosts is not None and ports is None:
+            self.ports.sims = [free_port(h) for h in self.sim_hosts]
+        self.envoy_options = dict(envoy_options or {})
         self.sims: list[ManagedProcess] = []
         self.picker: ManagedProcess | None = None
         self.envoy: ManagedProcess | None = None
@@ -80,12 +92,13 @@ class Stack:
         return self.workdir / "pool.yaml"
 
     def sim_hostport(self, i: int) -> str:
-        return f"{self.host}:{self.ports.sims[i]}"
+        return f"{self.sim_hosts[i]}:{self.ports.sims[i]}"
 
     def write_pool(self, replicas: Sequence[int] | None = None) -> None:
         """Make the pool the given simulator indexes (all by default); the picker reloads it."""
         chosen = range(self.replicas) if replicas is None else replicas
-        doc = {"endpoints": [{"name": f"sim-{i}", "address": self.host, "port": self.ports.sims[i]} for i in chosen]}
+        doc = {"endpoints": [{"name": f"sim-{i}", "address": self.sim_hosts[i], "port": self.ports.sims[i]}
+                             for i in chosen]}
         tmp = self.pool_file.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(doc))
         tmp.replace(self.pool_file)
@@ -93,7 +106,7 @@ class Stack:
     def start_sims(self) -> None:
         # One process per replica so a test can stop or freeze one of them for real.
         for i, port in enumerate(self.ports.sims):
-            sim = ManagedProcess(f"sim-{i}", epp_command("sim", "--host", self.host, "--port", str(port),
+            sim = ManagedProcess(f"sim-{i}", epp_command("sim", "--host", self.sim_hosts[i], "--port", str(port),
                                                          "--seed", str(i), *self.sim_args),
                                  self.workdir / f"sim-{i}.log")
             self.sims.append(sim.start())
@@ -102,7 +115,8 @@ class Stack:
 
     def start_picker(self) -> None:
         self.write_pool()
-        args = ["serve", "--bind", self.host, "--grpc-port", str(self.ports.grpc),
+        # The admin server has its own bind address (loopback by default); keep it beside ext_proc here.
+        args = ["serve", "--bind", self.host, "--admin-bind", self.host, "--grpc-port", str(self.ports.grpc),
                 "--grpc-health-port", str(self.ports.grpc_health), "--metrics-port", str(self.ports.metrics),
                 "--pool-file", str(self.pool_file), *self.picker_args]
         if self.config_text is not None:
@@ -115,7 +129,8 @@ class Stack:
     def start_envoy(self) -> None:
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(self.envoy_template, self.ports.envoy, self.ports.envoy_admin,
-                                              self.ports.grpc, self.extra_http_filters, self.host))
+                                              self.ports.grpc, self.extra_http_filters, self.host,
+                                              **self.envoy_options))
         argv = [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1", "--log-level", "warning",
                 "--base-id", str(self.ports.envoy_admin)]
         self.envoy = ManagedProcess("envoy", argv, self.workdir / "envoy.log").start()

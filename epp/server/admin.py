@@ -8,22 +8,51 @@ Debug views (JSON):
 - ``GET /debug/decisions/{request_id}``: why one request went where it went: candidates,
   what each filter kept, each scorer's score per endpoint with its weight, the totals and
   the pick.
+
+JSON answers are strict JSON: a non-finite number (a model server may report a NaN gauge)
+is written as ``null``, since ``NaN`` and ``Infinity`` are not JSON and break parsers.
+With a ``TokenFile``, every path but ``/healthz`` and ``/readyz`` needs
+``Authorization: Bearer <token>`` (``epp/server/auth.py``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.datalayer.collector import Collector
+from epp.datalayer.passive_health import outlier_view
 from epp.datalayer.pool import EndpointPool
 from epp.metrics import PickerMetrics
 from epp.scheduling.trace import DecisionLog
+from epp.server.auth import TokenFile, bearer_auth_middleware
 
-__all__ = ["build_admin_app"]
+__all__ = ["build_admin_app", "json_response", "strict_json"]
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """``json.dumps`` that writes non-finite floats as ``null`` (and would raise rather than emit NaN)."""
+    return json.dumps(_finite(value), allow_nan=False)
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=strict_json)
 
 
 def build_admin_app(
@@ -32,6 +61,7 @@ def build_admin_app(
     decisions: DecisionLog,
     collector: Collector | None,
     is_ready: Callable[[], bool],
+    token: TokenFile | None = None,
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -61,24 +91,27 @@ def build_admin_app(
                     "ageSeconds": round(now - m.update_time, 3) if m.update_time else None,
                 },
                 "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error} if h else None,
+                "passiveHealth": outlier_view(ep, now),
             })
-        return web.json_response({"pool": pool.name, "endpoints": out})
+        return json_response({"pool": pool.name, "endpoints": out})
 
     async def recent_decisions(request: web.Request) -> web.Response:
         try:
             limit = max(1, min(1000, int(request.query.get("limit", "20"))))
         except ValueError:
-            return web.json_response({"error": "limit must be an integer"}, status=400)
-        return web.json_response({"decisions": [t.as_dict() for t in decisions.recent(limit)]})
+            return json_response({"error": "limit must be an integer"}, status=400)
+        return json_response({"decisions": [t.as_dict() for t in decisions.recent(limit)]})
 
     async def decision(request: web.Request) -> web.Response:
-        trace = decisions.get(request.match_info["request_id"])
-        if trace is None:
+        traces = decisions.get_all(request.match_info["request_id"])
+        if not traces:
             hint = "" if decisions.capacity else " (decision log disabled: --decision-log-size 0)"
-            return web.json_response({"error": f"no recent decision for this request id{hint}"}, status=404)
-        return web.json_response(trace.as_dict())
+            return json_response({"error": f"no recent decision for this request id{hint}"}, status=404)
+        # Request ids come from clients and may repeat: the newest trace, and any earlier ones.
+        return json_response({**traces[0].as_dict(), "collisions": len(traces) - 1,
+                              "earlier": [t.as_dict() for t in traces[1:]]})
 
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_auth_middleware(token)] if token is not None else [])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,13 +1,14 @@
 """``PickerServer``: builds the picker from options and owns its servers and background tasks.
 
-Start-up order: pool (fails fast on a bad pool file) → config (fails fast on a bad
-config) → director → ext_proc gRPC server (+ health) → health server → admin HTTP server
-→ background tasks (collector, pool-file watcher) → readiness SERVING.
+Start-up order: options → pool (fails fast on a bad pool file) → config (fails fast on a
+bad config) → admin token and TLS credentials → director → ext_proc gRPC server (+ health)
+→ health server → admin HTTP server on ``admin_bind`` → background tasks (collector,
+pool-file watcher) under one ``BackgroundTasks`` supervisor → readiness SERVING.
 
 Shutdown (``stop``): readiness NOT_SERVING; for ``shutdown_delay`` the picker keeps
 serving new streams while health checks and load balancers notice; then the gRPC server
 stops accepting streams and in-flight streams get up to ``shutdown_grace_period`` to
-finish; then background tasks are cancelled and data sources closed.
+finish; then background tasks are cancelled and awaited, and data sources closed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from epp.config.loader import PickerConfig, load_config
 from epp.datalayer.collector import Collector
+from epp.datalayer.passive_health import EjectionPolicy, PassiveHealth
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.poolsource import PoolFileWatcher, parse_endpoint_list
 from epp.director import Director
@@ -35,20 +38,34 @@ from epp.metrics import PickerMetrics
 from epp.plugins import default_registry
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
+from epp.server.auth import TokenFile
 from epp.server.extproc import ExtProcServicer
 from epp.server.health import HealthState
+from epp.server.tls import server_credentials
 
-__all__ = ["PickerServer", "ServeOptions"]
+__all__ = ["BackgroundTasks", "PickerServer", "ServeOptions"]
 
 log = logging.getLogger("epp")
 
-# Envoy sends a BUFFERED body as one message; allow large prompts through gRPC.
-_GRPC_MAX_MESSAGE = 256 * 1024 * 1024
+# Envoy sends a BUFFERED body as one message, so gRPC must admit the largest allowed body
+# plus the headers and framing around it, and nothing more: anything larger would be
+# received whole before the body-size check could refuse it.
+_GRPC_MESSAGE_OVERHEAD = 1024 * 1024
+# Health and other small services.
+_GRPC_SMALL_MESSAGE = 4 * 1024 * 1024
+# A crashed background task is restarted after this delay, doubling up to the cap.
+_RESTART_DELAY = 1.0
+_RESTART_DELAY_MAX = 30.0
 
 
 @dataclass(slots=True, kw_only=True)
 class ServeOptions:
     bind: str = "127.0.0.1"
+    admin_bind: str = "127.0.0.1"
+    admin_token_file: Path | None = None
+    secure_serving: bool = False
+    cert_path: Path | None = None
+    enable_cert_reload: bool = False
     grpc_port: int = 9002
     grpc_health_port: int = 9003
     metrics_port: int = 9090
@@ -62,11 +79,62 @@ class ServeOptions:
     unready_after_failures: int = 3
     honor_subset_hint: bool = True
     max_request_body_bytes: int = 64 * 1024 * 1024
+    max_inflight_body_bytes: int = 1024 * 1024 * 1024
+    honor_rewrite_header: bool = True
     decision_log_size: int = 256
     account_dispatches: bool = True
     shutdown_grace_period: float = 30.0
     shutdown_delay: float = 0.0
     seed: int | None = None
+    eject_after_failures: int = 5
+    ejection_time: float = 10.0
+    max_ejection_percent: float = 50.0
+
+
+class BackgroundTasks:
+    """Supervises the server's long-running tasks: none of them may vanish silently.
+
+    A task that raises is logged with its traceback and restarted after a delay that
+    doubles on each crash (the collector or the pool-file watcher must keep running for
+    the picker to stay correct); ``aclose`` cancels every task and awaits them.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.crashes: dict[str, int] = {}
+
+    def start(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        if name in self._tasks:
+            raise ValueError(f"background task {name!r} already running")
+        self.crashes[name] = 0
+        self._tasks[name] = asyncio.create_task(self._supervise(name, run), name=name)
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        delay = _RESTART_DELAY
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                self.crashes[name] += 1
+                log.exception("background task %s crashed (%d so far); restarting in %gs",
+                              name, self.crashes[name], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_DELAY_MAX)
+
+    def running(self) -> list[str]:
+        return [name for name, task in self._tasks.items() if not task.done()]
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=timeout)
+        for task in stuck:
+            log.error("background task %s did not stop within %gs; exiting anyway", task.get_name(), timeout)
 
 
 class PickerServer:
@@ -86,7 +154,10 @@ class PickerServer:
         self._watcher: PoolFileWatcher | None = None
         self._servers: list[grpc.aio.Server] = []
         self._admin: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = BackgroundTasks()
+        self._admin_token: TokenFile | None = None
+        self._extproc_credentials: grpc.ServerCredentials | None = None
+        self._transport = "plaintext"
 
     def _load_pool(self) -> None:
         opts = self.options
@@ -121,29 +192,73 @@ class PickerServer:
             raise ConfigError("--unready-after-failures", "must be at least 1", opts.unready_after_failures)
         if opts.max_request_body_bytes < 1:
             raise ConfigError("--max-request-body-bytes", "must be at least 1", opts.max_request_body_bytes)
+        if opts.max_request_body_bytes + _GRPC_MESSAGE_OVERHEAD > 2**31 - 1:
+            # gRPC message limits are C ints.
+            raise ConfigError("--max-request-body-bytes", f"must be at most {2**31 - 1 - _GRPC_MESSAGE_OVERHEAD}",
+                              opts.max_request_body_bytes)
+        # Below --max-request-body-bytes it also caps a single body (refused, not truncated): allowed.
+        if opts.max_inflight_body_bytes < 1:
+            raise ConfigError("--max-inflight-body-bytes", "must be at least 1", opts.max_inflight_body_bytes)
+        if opts.eject_after_failures < 0:
+            raise ConfigError("--eject-after-failures", "must be at least 0 (0 disables ejection)",
+                              opts.eject_after_failures)
+        if not opts.ejection_time > 0:
+            raise ConfigError("--ejection-time", "must be greater than zero", opts.ejection_time)
+        if not 0 < opts.max_ejection_percent <= 100:
+            raise ConfigError("--max-ejection-percent", "must be in (0, 100]", opts.max_ejection_percent)
+        if not opts.admin_bind:
+            raise ConfigError("--admin-bind", "must be an address (127.0.0.1 keeps the admin server local)")
+        if opts.cert_path is not None and not opts.secure_serving:
+            raise ConfigError("--cert-path", "needs --secure-serving (without it ext_proc is plaintext)")
+        if opts.enable_cert_reload and opts.cert_path is None:
+            raise ConfigError("--enable-cert-reload", "needs --cert-path (a self-signed certificate never changes)")
+        if opts.cert_path is not None and not opts.cert_path.is_dir():
+            raise ConfigError("--cert-path", "must be a directory holding tls.crt and tls.key", str(opts.cert_path))
+
+    def _load_security(self) -> None:
+        opts = self.options
+        if opts.admin_token_file is not None:
+            self._admin_token = TokenFile(opts.admin_token_file)
+        if opts.secure_serving:
+            self._extproc_credentials, self._transport = server_credentials(
+                opts.cert_path, opts.enable_cert_reload, opts.bind)
 
     def build(self) -> None:
         """Load pool and config; raises ``ConfigError`` before anything listens."""
         self._check_options()
         self._load_pool()
+        self._load_security()
         rng = random.Random(self.options.seed)
         handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry)
         self.config = load_config(self._config_text(), self.registry, handle, self.metrics.plugin_observer)
         self.director = Director(self.pool, self.config, self.metrics, rng, self.decisions,
                                  honor_subset_hint=self.options.honor_subset_hint,
-                                 account_dispatches=self.options.account_dispatches)
+                                 account_dispatches=self.options.account_dispatches,
+                                 honor_rewrite_header=self.options.honor_rewrite_header,
+                                 passive_health=self._passive_health())
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures)
 
-    def _grpc_server(self) -> grpc.aio.Server:
+    def _passive_health(self) -> PassiveHealth:
+        opts = self.options
+        policy = EjectionPolicy(opts.eject_after_failures, opts.ejection_time,
+                                max_ejection_percent=opts.max_ejection_percent)
+        ejections = self.metrics.endpoint_ejections
+        return PassiveHealth(self.pool, policy, on_eject=lambda ep: ejections.labels(ep.name).inc())
+
+    def _grpc_server(self, max_message: int) -> grpc.aio.Server:
         return grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", _GRPC_MAX_MESSAGE),
-            ("grpc.max_send_message_length", _GRPC_MAX_MESSAGE),
+            ("grpc.max_receive_message_length", max_message),
+            # A BUFFERED body that was rewritten goes back whole in one message.
+            ("grpc.max_send_message_length", max_message),
             ("grpc.so_reuseport", 0),
         ])
 
-    def _listen(self, server: grpc.aio.Server, port: int, what: str) -> int:
-        bound = server.add_insecure_port(f"{self.options.bind}:{port}")
+    def _listen(self, server: grpc.aio.Server, port: int, what: str,
+                credentials: grpc.ServerCredentials | None = None) -> int:
+        address = f"{self.options.bind}:{port}"
+        bound: int = (server.add_insecure_port(address) if credentials is None
+                      else server.add_secure_port(address, credentials))
         if bound == 0:
             raise OSError(f"cannot listen for {what} on {self.options.bind}:{port}")
         return bound
@@ -153,30 +268,36 @@ class PickerServer:
             self.build()
         assert self.director is not None and self.collector is not None
         await self.health.start()
-        extproc = self._grpc_server()
+        opts = self.options
+        extproc = self._grpc_server(opts.max_request_body_bytes + _GRPC_MESSAGE_OVERHEAD)
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            ExtProcServicer(self.director, self.options.max_request_body_bytes), extproc)
-        # Health on the ext_proc port too, so Envoy's gRPC health check can target it.
+            ExtProcServicer(self.director, opts.max_request_body_bytes,
+                            max_inflight_body_bytes=opts.max_inflight_body_bytes), extproc)
+        # Health on the ext_proc port too (over TLS when ext_proc is), so Envoy's gRPC
+        # health check can target the cluster it already talks to.
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, extproc)
-        self.grpc_port = self._listen(extproc, self.options.grpc_port, "ext_proc")
-        health = self._grpc_server()
+        self.grpc_port = self._listen(extproc, opts.grpc_port, "ext_proc", self._extproc_credentials)
+        # The health port stays plaintext, as in the Go EPP: kubelet gRPC probes carry no TLS.
+        health = self._grpc_server(_GRPC_SMALL_MESSAGE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, health)
         self.grpc_health_port = self._listen(health, self.options.grpc_health_port, "gRPC health")
         for server in (extproc, health):
             await server.start()
             self._servers.append(server)
-        app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready)
+        app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready,
+                              self._admin_token)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
-        site = web.TCPSite(self._admin, self.options.bind, self.options.metrics_port)
+        site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)
         await site.start()
-        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._tasks.append(asyncio.create_task(self.collector.run(), name="collector"))
+        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # private: the bound port
+        self.tasks.start("collector", self.collector.run)
         if self._watcher is not None:
-            self._tasks.append(asyncio.create_task(self._watcher.watch(), name="pool-file watcher"))
+            self.tasks.start("pool-file watcher", self._watcher.watch)
         await self.health.set_ready(True)
-        log.info("ext_proc on %s:%d, gRPC health on :%d, admin http://%s:%d; %d endpoints; profiles: %s",
-                 self.options.bind, self.grpc_port, self.grpc_health_port, self.options.bind, self.metrics_port,
+        log.info("ext_proc on %s:%d (%s), gRPC health on :%d, admin http://%s:%d (%s); %d endpoints; profiles: %s",
+                 opts.bind, self.grpc_port, self._transport, self.grpc_health_port, opts.admin_bind,
+                 self.metrics_port, "bearer token" if self._admin_token else "no auth",
                  len(self.pool.endpoints()), self.describe_profiles())
 
     def describe_profiles(self) -> str:
@@ -196,12 +317,7 @@ class PickerServer:
             await asyncio.sleep(delay)
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()
-        for task in self._tasks:
-            task.cancel()
-        _, stuck = await asyncio.wait(self._tasks, timeout=5.0) if self._tasks else (set(), set())
-        for task in stuck:
-            log.error("background task %s did not stop within 5 s; exiting anyway", task.get_name())
-        self._tasks.clear()
+        await self.tasks.aclose()
         if self.config is not None:
             for binding in self.config.data_bindings:
                 await binding.source.aclose()

@@ -31,11 +31,28 @@ def add_parser(subparsers: Any) -> None:
         "serve", help="run the endpoint picker (Envoy ext_proc server)",
         description="Run the endpoint picker: an Envoy ext_proc gRPC server that picks a model server per request.")
     net = p.add_argument_group("listening")
-    net.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    net.add_argument("--bind", default="127.0.0.1",
+                     help="address the ext_proc and gRPC health ports listen on (default: %(default)s)")
+    net.add_argument("--admin-bind", default="127.0.0.1",
+                     help="address the admin HTTP server (/metrics, /healthz, /readyz, /debug) listens on, "
+                          "independent of --bind (default: %(default)s)")
     net.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default: %(default)s)")
     net.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default: %(default)s)")
     net.add_argument("--metrics-port", type=int, default=9090,
                      help="HTTP port for /metrics, /healthz, /readyz, /debug (default: %(default)s)")
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--admin-token-file", type=Path,
+                     help="require 'Authorization: Bearer <token>' on /metrics and /debug/*; the token is this "
+                          "file's content, re-read when the file changes (/healthz and /readyz stay open)")
+    sec.add_argument("--secure-serving", action="store_true",
+                     help="serve ext_proc over TLS (the Go EPP's default; off here so plaintext stacks keep working)")
+    sec.add_argument("--cert-path", type=Path,
+                     help="directory with tls.crt and tls.key for --secure-serving (default: a self-signed "
+                          "certificate generated at start)")
+    sec.add_argument("--enable-cert-reload", action="store_true",
+                     help="serve a changed tls.crt/tls.key from --cert-path to new connections without a restart")
+    sec.add_argument("--ignore-model-rewrite-header", action="store_true",
+                     help="ignore a client-sent x-gateway-model-name-rewrite (set it only from a trusted filter)")
     cfg = p.add_argument_group("configuration")
     cfg.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
     cfg.add_argument("--config-text", help="EndpointPickerConfig YAML text")
@@ -51,6 +68,9 @@ def add_parser(subparsers: Any) -> None:
                      help="ignore the proxy's envoy.lb.subset_hint metadata")
     cfg.add_argument("--max-request-body-bytes", type=int, default=64 * 1024 * 1024,
                      help="larger request bodies get 413 (default: 64 MiB)")
+    cfg.add_argument("--max-inflight-body-bytes", type=int, default=1024 * 1024 * 1024,
+                     help="request-body bytes held across all concurrent streams; beyond it new bodies are "
+                          "refused (default: 1 GiB)")
     cfg.add_argument("--decision-log-size", type=int, default=256,
                      help="recent routing decisions kept for /debug/decisions (0 disables; default: %(default)s)")
     cfg.add_argument("--shutdown-delay", type=_duration, default=0.0,
@@ -60,6 +80,13 @@ def add_parser(subparsers: Any) -> None:
                      help="on SIGTERM, time in-flight streams get to finish (default: 30s)")
     cfg.add_argument("--no-dispatch-accounting", action="store_true",
                      help="do not fold just-routed requests into endpoint metrics between scrapes")
+    cfg.add_argument("--eject-after-failures", type=int, default=5,
+                     help="failed responses in a row (5xx, or Envoy's 503/504 for connect failures and timeouts) "
+                          "that take an endpoint out of rotation; 0 disables (default: %(default)s)")
+    cfg.add_argument("--ejection-time", type=_duration, default=10.0,
+                     help="how long an ejection lasts, times the ejections in a row, at most 300s (default: 10s)")
+    cfg.add_argument("--max-ejection-percent", type=float, default=50.0,
+                     help="at most this share of the pool is ejected at once (default: %(default)s)")
     cfg.add_argument("--seed", type=int, help="seed the routing random source (tests, benchmarks)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run)
@@ -69,7 +96,11 @@ def options_from_args(args: argparse.Namespace) -> Any:
     from epp.server.app import ServeOptions
 
     return ServeOptions(
-        bind=args.bind, grpc_port=args.grpc_port, grpc_health_port=args.grpc_health_port,
+        bind=args.bind, admin_bind=args.admin_bind, admin_token_file=args.admin_token_file,
+        secure_serving=args.secure_serving, cert_path=args.cert_path, enable_cert_reload=args.enable_cert_reload,
+        honor_rewrite_header=not args.ignore_model_rewrite_header,
+        max_inflight_body_bytes=args.max_inflight_body_bytes,
+        grpc_port=args.grpc_port, grpc_health_port=args.grpc_health_port,
         metrics_port=args.metrics_port, config_file=args.config_file, config_text=args.config_text,
         endpoints=args.endpoints, pool_file=args.pool_file, pool_name=args.pool_name,
         refresh_metrics_interval=args.refresh_metrics_interval, scrape_timeout=args.scrape_timeout,
@@ -78,6 +109,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
         max_request_body_bytes=args.max_request_body_bytes, decision_log_size=args.decision_log_size,
         shutdown_grace_period=args.shutdown_grace_period, shutdown_delay=args.shutdown_delay, seed=args.seed,
         account_dispatches=not args.no_dispatch_accounting,
+        eject_after_failures=args.eject_after_failures, ejection_time=args.ejection_time,
+        max_ejection_percent=args.max_ejection_percent,
     )
 
 
@@ -129,5 +162,5 @@ def run_loop(main: Any) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(main)
-    return uvloop.run(main)
+        return int(asyncio.run(main))
+    return int(uvloop.run(main))
