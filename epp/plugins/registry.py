@@ -6,6 +6,7 @@ from epp.framework.attributes import PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import MetricsDataSource
+from epp.plugins.filters.header_testing import HeaderBasedTestingFilter
 from epp.plugins.filters.load_imbalance import LoadImbalanceFilter
 from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer
 from epp.plugins.parsers.openai import OpenAIParser
@@ -16,6 +17,7 @@ from epp.plugins.prefix.affinity_filter import PrefixCacheAffinityFilter
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugins.prefix.scorer import PrefixCacheScorer
 from epp.plugins.profile.single import SingleProfileHandler
+from epp.plugins.requestcontrol.served_verifier import DestinationEndpointServedVerifier
 from epp.plugins.scorers.kv_cache import KVCacheUtilizationScorer
 from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
 from epp.plugins.scorers.prefill_load import PrefillLoadScorer
@@ -45,6 +47,9 @@ def default_registry() -> Registry:
         MetricsDataSource,
         CoreMetricsExtractor,
         OpenAIParser,
+        # Test only (GIE conformance suite): never in a production config.
+        HeaderBasedTestingFilter,
+        DestinationEndpointServedVerifier,
     ):
         registry.register(cls)
     registry.register(ApproxPrefixCacheProducer, default_producer_for=(PREFIX_MATCH_KEY,))
