@@ -22,6 +22,7 @@ parsers and tests written for it keep working.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, ClassVar
 
 __all__ = [
@@ -88,6 +89,19 @@ class ServiceUnavailable(PickerError):
     code = "ServiceUnavailable"
 
 
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxlevel = 3
+_SHOWN.maxstring = _SHOWN.maxother = 100
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 6
+
+
+def _bounded_repr(value: Any) -> str:
+    """A value as shown in an error: at most 100 characters, never a walk of a whole graph
+    (a YAML alias bomb's repr would expand it; a client's 64 MiB string would be logged)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 class ConfigError(ValueError):
     """An invalid configuration value, reported with the path of the offending field.
 
@@ -101,8 +115,7 @@ class ConfigError(ValueError):
         self.field = field
         self.reason = reason
         self.value = value
-        shown = "" if value is None else f" (got {value!r})"
-        super().__init__(f"{field}: {reason}{shown}")
+        super().__init__(f"{field}: {reason}{'' if value is None else f' (got {_bounded_repr(value)})'}")
 
 
 class PayloadTooLarge(PickerError):

@@ -33,6 +33,7 @@ from epp.framework.requestcontrol import (
 from epp.framework.scheduling import Filter, Picker, ProfileHandler, Scorer
 from epp.scheduling.profile import Observer, SchedulerProfile, WeightedScorer, no_observer
 from epp.scheduling.scheduler import Scheduler
+from epp.yamlsafe import bounded_repr, shown
 
 __all__ = ["PickerConfig", "load_config"]
 
@@ -70,8 +71,15 @@ class _Builder:
 
     def add(self, type_name: str, name: str, params: object, where: str) -> BasePlugin:
         if name in self.plugins:
-            raise ConfigError(f"{where}.name", f"duplicate plugin name {name!r}")
-        plugin = self.registry.create(type_name, name, params, self.handle, where)  # type: ignore[arg-type]
+            raise ConfigError(f"{where}.name", f"duplicate plugin name {bounded_repr(name)}")
+        try:
+            plugin = self.registry.create(type_name, name, params, self.handle, where)  # type: ignore[arg-type]
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin constructor that fails on odd values is still a config error
+            log.debug("building plugin %s failed", bounded_repr(name), exc_info=True)
+            raise ConfigError(where, f"plugin {bounded_repr(name)} ({bounded_repr(type_name)}) cannot be built from "
+                                     f"these parameters: {type(exc).__name__}: {bounded_repr(str(exc))}") from None
         self.plugins[name] = plugin
         return plugin
 
@@ -102,7 +110,8 @@ class _Builder:
             return
         producer_type = self.registry.default_producer(key)
         if producer_type is None:
-            raise ConfigError("plugins", f"plugin {consumers[0].typed_name} needs {key!r} and no plugin produces it")
+            raise ConfigError("plugins", f"plugin {consumers[0].typed_name} needs {bounded_repr(key)} "
+                                         "and no plugin produces it")
         params = implied[0][1] if implied else None
         self.add(producer_type, producer_type, params, f"plugins[{producer_type} (auto-created)]")
 
@@ -112,7 +121,7 @@ class _Builder:
         profiles: dict[str, SchedulerProfile] = {}
         for spec in specs:
             if spec.name in profiles:
-                raise ConfigError(f"{spec.where}.name", f"duplicate profile name {spec.name!r}")
+                raise ConfigError(f"{spec.where}.name", f"duplicate profile name {bounded_repr(spec.name)}")
             filters: list[Filter] = []
             scorers: list[WeightedScorer] = []
             picker: Picker | None = None
@@ -124,16 +133,17 @@ class _Builder:
             for ref, weight, where in members:
                 plugin = self.plugins.get(ref)
                 if plugin is None:
-                    raise ConfigError(f"{where}.pluginRef",
-                                      f"profile {spec.name!r} references undefined plugin {ref!r}")
+                    raise ConfigError(f"{where}.pluginRef", f"profile {bounded_repr(spec.name)} references "
+                                                            f"undefined plugin {bounded_repr(ref)}")
                 if isinstance(plugin, Filter):
                     filters.append(plugin)
                 if isinstance(plugin, Scorer):
                     scorers.append(WeightedScorer(plugin, DEFAULT_SCORER_WEIGHT if weight is None else weight))
                 if isinstance(plugin, Picker):
                     if picker is not None:
-                        raise ConfigError(f"{where}.pluginRef", f"profile {spec.name!r} already has picker "
-                                                                f"{picker.typed_name.name!r}; only one is allowed")  # type: ignore[attr-defined]
+                        first = picker.typed_name.name  # type: ignore[attr-defined]
+                        raise ConfigError(f"{where}.pluginRef", f"profile {bounded_repr(spec.name)} already has "
+                                                                f"picker {bounded_repr(first)}; only one is allowed")
                     picker = plugin
             if picker is None:
                 if default_picker is None:
@@ -147,7 +157,7 @@ class _Builder:
     def profile_handler(self, profiles: dict[str, SchedulerProfile]) -> ProfileHandler:
         handlers = self.of(ProfileHandler)
         if len(handlers) > 1:
-            names = ", ".join(repr(h.typed_name.name) for h in handlers)
+            names = ", ".join(bounded_repr(h.typed_name.name) for h in handlers)
             raise ConfigError("plugins", f"multiple profile handlers found ({names}); only one is allowed")
         if not handlers:
             if len(profiles) != 1:
@@ -157,7 +167,7 @@ class _Builder:
         handler = handlers[0]
         if handler.typed_name.type == "single-profile-handler" and len(profiles) != 1:
             raise ConfigError("schedulingProfiles", "single-profile-handler supports exactly one scheduling profile",
-                              sorted(profiles))
+                              shown(sorted(profiles)))
         return handler  # type: ignore[return-value]
 
     def parser(self) -> Parser:
@@ -165,10 +175,11 @@ class _Builder:
         plugin = self.plugins.get(ref)
         if plugin is None:
             if ref != "openai-parser":
-                raise ConfigError("parser.pluginRef", f"references undefined plugin {ref!r}")
+                raise ConfigError("parser.pluginRef", f"references undefined plugin {bounded_repr(ref)}")
             plugin = self.add("openai-parser", "openai-parser", None, "plugins[openai-parser (auto-created)]")
         if not isinstance(plugin, Parser):
-            raise ConfigError("parser.pluginRef", f"plugin {ref!r} ({plugin.typed_name.type}) is not a parser")
+            raise ConfigError("parser.pluginRef",
+                              f"plugin {bounded_repr(ref)} ({plugin.typed_name.type}) is not a parser")
         return plugin
 
     def data_layer(self) -> tuple[SourceBinding, ...]:
@@ -191,14 +202,16 @@ class _Builder:
         bindings = []
         for source, extractors, where in wiring:
             if not isinstance(source, DataSource):
-                raise ConfigError(f"{where}.pluginRef", f"plugin {source.typed_name.name!r} is not a data source")
+                raise ConfigError(f"{where}.pluginRef",
+                                  f"plugin {bounded_repr(source.typed_name.name)} is not a data source")
             for extractor in extractors:
                 if not isinstance(extractor, Extractor):
                     raise ConfigError(f"{where}.extractors",
-                                      f"plugin {extractor.typed_name.name!r} is not an extractor")
+                                      f"plugin {bounded_repr(extractor.typed_name.name)} is not an extractor")
                 wants, gives = extractor.input_type(), source.output_type()
                 if not issubclass(gives, wants):
-                    raise ConfigError(f"{where}.extractors", f"extractor {extractor.typed_name.name!r} reads "
+                    raise ConfigError(f"{where}.extractors",
+                                      f"extractor {bounded_repr(extractor.typed_name.name)} reads "
                                       f"{wants.__name__}, source produces {gives.__name__}")
             source.bind_extractors(list(extractors))  # type: ignore[arg-type]
             bindings.append(SourceBinding(source, tuple(extractors)))  # type: ignore[arg-type]
@@ -207,13 +220,13 @@ class _Builder:
     def _ref(self, ref: str, where: str) -> BasePlugin:
         plugin = self.plugins.get(ref)
         if plugin is None:
-            raise ConfigError(where, f"references undefined plugin {ref!r}")
+            raise ConfigError(where, f"references undefined plugin {bounded_repr(ref)}")
         return plugin
 
     def saturation_detector(self) -> str | None:
         ref = self.doc.saturation_detector_ref
         if ref is not None and ref not in self.plugins and ref != "utilization-detector":
-            raise ConfigError("saturationDetector.pluginRef", f"references undefined plugin {ref!r}")
+            raise ConfigError("saturationDetector.pluginRef", f"references undefined plugin {bounded_repr(ref)}")
         return ref
 
     def producers_in_order(self) -> tuple[DataProducer, ...]:

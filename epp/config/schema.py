@@ -11,12 +11,13 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
-
-import yaml
 
 from epp.errors import ConfigError
 from epp.framework.params import Duration, parse_duration
+from epp.yamlsafe import bounded_repr, shown
+from epp.yamlsafe import load as load_yaml
 
 __all__ = [
     "API_VERSION",
@@ -112,16 +113,22 @@ def parse_quantity(value: Any, where: str) -> int:
         return value
     match = _QUANTITY.match(value) if isinstance(value, str) else None
     if match is None:
-        raise ConfigError(where, "expected a non-negative quantity such as '10Gi' or '5000'", value)
-    return int(float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""])
+        raise ConfigError(where, "expected a non-negative quantity such as '10Gi' or '5000'", shown(value))
+    # Exact arithmetic: float() turns a long digit string into inf, which int() cannot take.
+    return int(Fraction(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""])
+
+
+def _key(key: Any) -> str:
+    """A mapping key as a segment of a field path: short strings as written, anything else bounded."""
+    return key if isinstance(key, str) and 0 < len(key) <= 100 else bounded_repr(key)
 
 
 def _mapping(value: Any, where: str, allowed: frozenset[str], required: tuple[str, ...] = ()) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(where, "expected a mapping", value)
+        raise ConfigError(where or "config", "expected a mapping", shown(value))
     for key in value:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}" if where else str(key),
+            raise ConfigError(f"{where}.{_key(key)}" if where else _key(key),
                               f"unknown field (allowed: {', '.join(sorted(allowed))})")
     for key in required:
         if value.get(key) in (None, ""):
@@ -133,19 +140,19 @@ def _list(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(where, "expected a list", value)
+        raise ConfigError(where, "expected a list", shown(value))
     return value
 
 
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(where, "expected a non-empty string", value)
+        raise ConfigError(where, "expected a non-empty string", shown(value))
     return value
 
 
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(where, "expected an integer", value)
+        raise ConfigError(where, "expected an integer", shown(value))
     return value
 
 
@@ -159,13 +166,13 @@ def _plugins(raw: Any) -> tuple[PluginEntry, ...]:
         where = f"plugins[{i}]"
         item = _mapping(item, where, frozenset({"name", "type", "parameters"}))
         if not item.get("type"):
-            raise ConfigError(f"{where}.type", f"plugin {item.get('name')!r} is missing a type" if item.get("name")
-                              else "is required")
+            raise ConfigError(f"{where}.type", f"plugin {bounded_repr(item.get('name'))} is missing a type"
+                              if item.get("name") else "is required")
         type_name = _str(item["type"], f"{where}.type")
         name = _str(item.get("name") or type_name, f"{where}.name")
         params = item.get("parameters")
         if params is not None and not isinstance(params, Mapping):
-            raise ConfigError(f"{where}.parameters", "expected a mapping", params)
+            raise ConfigError(f"{where}.parameters", "expected a mapping", shown(params))
         entries.append(PluginEntry(name, type_name, params, where))
     return tuple(entries)
 
@@ -183,7 +190,7 @@ def _profiles(raw: Any) -> tuple[ProfileSpec, ...]:
             weight = ref.get("weight")
             if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
                                        or not math.isfinite(weight)):
-                raise ConfigError(f"{ref_where}.weight", "expected a finite number", weight)
+                raise ConfigError(f"{ref_where}.weight", "expected a finite number", shown(weight))
             refs.append(ProfileEntry(_str(ref["pluginRef"], f"{ref_where}.pluginRef"),
                                      None if weight is None else float(weight), ref_where))
         profiles.append(ProfileSpec(name, tuple(refs), where))
@@ -218,6 +225,13 @@ def _band(raw: Any, where: str, needs_priority: bool) -> PriorityBandSpec:
     )
 
 
+def _duration(value: Any, where: str) -> Duration:
+    duration = parse_duration(value, where)
+    if not math.isfinite(duration):
+        raise ConfigError(where, "expected a finite duration such as '200ms' or '5s'", shown(value))
+    return duration
+
+
 _LEGACY_SATURATION = frozenset({"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"})
 
 
@@ -229,10 +243,11 @@ def _saturation_detector(raw: Any) -> str | None:
         section = _mapping(raw, "saturationDetector", _LEGACY_SATURATION)
         for key in ("queueDepthThreshold", "kvCacheUtilThreshold"):
             value = section.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-                raise ConfigError(f"saturationDetector.{key}", "expected a non-negative number", value)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"saturationDetector.{key}", "expected a non-negative number", shown(value))
         if "metricsStalenessThreshold" in section:
-            parse_duration(section["metricsStalenessThreshold"], "saturationDetector.metricsStalenessThreshold")
+            _duration(section["metricsStalenessThreshold"], "saturationDetector.metricsStalenessThreshold")
         return "utilization-detector"
     return _ref(raw, "saturationDetector")
 
@@ -245,11 +260,11 @@ def _flow_control(raw: Any) -> FlowControlSpec:
                                                                                              f"{where}.priorityBands")))
     priorities = [b.priority for b in bands]
     if len(priorities) != len(set(priorities)):
-        raise ConfigError(f"{where}.priorityBands", "priorities must be unique", priorities)
+        raise ConfigError(f"{where}.priorityBands", "priorities must be unique", shown(priorities))
     return FlowControlSpec(
         max_bytes=parse_quantity(fc["maxBytes"], f"{where}.maxBytes") if "maxBytes" in fc else None,
         max_requests=_int(fc["maxRequests"], f"{where}.maxRequests") if "maxRequests" in fc else None,
-        default_request_ttl=parse_duration(fc["defaultRequestTTL"], f"{where}.defaultRequestTTL")
+        default_request_ttl=_duration(fc["defaultRequestTTL"], f"{where}.defaultRequestTTL")
         if "defaultRequestTTL" in fc else None,
         usage_limit_policy_plugin_ref=_str(fc["usageLimitPolicyPluginRef"], f"{where}.usageLimitPolicyPluginRef")
         if "usageLimitPolicyPluginRef" in fc else None,
@@ -264,21 +279,18 @@ def decode_document(text: str) -> ConfigDocument | None:
 
     Returns ``None`` for a document with nothing in it (only comments).
     """
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"not valid YAML: {exc}") from exc
+    doc = load_yaml(text, "config")
     if doc is None:
         return None
     doc = _mapping(doc, "", _TOP_LEVEL)
     if doc.get("apiVersion") != API_VERSION:
-        raise ConfigError("apiVersion", f"must be {API_VERSION!r}", doc.get("apiVersion"))
+        raise ConfigError("apiVersion", f"must be {API_VERSION!r}", shown(doc.get("apiVersion")))
     if doc.get("kind") != KIND:
-        raise ConfigError("kind", f"must be {KIND!r}", doc.get("kind"))
+        raise ConfigError("kind", f"must be {KIND!r}", shown(doc.get("kind")))
     gates = [_str(g, f"featureGates[{i}]") for i, g in enumerate(_list(doc.get("featureGates"), "featureGates"))]
     for i, gate in enumerate(gates):
         if gate not in FEATURE_GATES:
-            raise ConfigError(f"featureGates[{i}]", f"feature gate {gate!r} is unknown or unregistered "
+            raise ConfigError(f"featureGates[{i}]", f"feature gate {bounded_repr(gate)} is unknown or unregistered "
                                                     f"(known: {', '.join(sorted(FEATURE_GATES))})")
     if "dataLayer" in doc and "data" in doc:
         raise ConfigError("data", "give either dataLayer or its older name data, not both")

@@ -15,6 +15,7 @@ Rules (the same for every plugin, so configs behave predictably):
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -55,6 +56,8 @@ def parse_duration(value: Any, where: str) -> Duration:
             raise ConfigError(where, "expected a duration such as '200ms' or '5s'", value)
     else:
         raise ConfigError(where, "expected a duration such as '200ms' or '5s'", value)
+    if not math.isfinite(seconds):
+        raise ConfigError(where, "duration must be finite", value)
     if seconds < 0:
         raise ConfigError(where, "duration must not be negative", value)
     return Duration(seconds)

@@ -104,7 +104,7 @@ def test_plugins_and_profiles_decode_with_their_config_paths() -> None:
                      "dataLayer.sources[0].extractors[0]", "expected a mapping", id="an extractor that is not a ref"),
         pytest.param(doc("dataLayer:\n  source: []\n"), "dataLayer.source", "unknown field",
                      id="an unknown data layer field"),
-        pytest.param("- a\n- b\n", "", "expected a mapping", id="a document that is not a mapping"),
+        pytest.param("- a\n- b\n", "config", "expected a mapping", id="a document that is not a mapping"),
         pytest.param("plugins: [\n", "config", "not valid YAML", id="invalid YAML"),
     ],
 )

@@ -135,7 +135,8 @@ def test_an_empty_pool_file_has_no_members(text: str) -> None:
         pytest.param("endpoints:\n- 7\n", "pool.yaml.endpoints[0]", "ADDRESS:PORT or a mapping",
                      id="an entry that is a number"),
         pytest.param("endpoints:\n- 10.0.0.1:1\n- {address: 10.0.0.2, port: 2, name: '10.0.0.1:1'}\n",
-                     "pool.yaml.endpoints", "duplicate endpoint name '10.0.0.1:1'", id="duplicate names"),
+                     "pool.yaml.endpoints[1]", "duplicate endpoint name '10.0.0.1:1' (first at endpoints[0])",
+                     id="duplicate names name the second entry"),
         pytest.param("endpoints: {a: 1}\n", "pool.yaml.endpoints", "expected a list", id="endpoints not a list"),
         pytest.param("servers: []\n", "pool.yaml", "'endpoints'", id="an unknown top-level key"),
         pytest.param("endpoints: [\n", "pool.yaml", "not valid YAML", id="invalid YAML"),
@@ -232,3 +233,111 @@ async def test_watch_reloads_a_changed_file_and_ignores_a_broken_one(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# --- reload safety: settled files only, parsed off the event loop, linear checks -------------
+
+
+def watched(tmp_path: Path, text: str) -> tuple[Path, EndpointPool, PoolFileWatcher]:
+    path = tmp_path / "pool.yaml"
+    path.write_text(text)
+    pool = EndpointPool()
+    watcher = PoolFileWatcher(path, pool, poll_interval=0.01)
+    watcher.load()
+    return path, pool, watcher
+
+
+FULL = "endpoints:\n- 10.0.0.1:8000\n- 10.0.0.2:8000\n- 10.0.0.3:8000\n"
+
+
+async def test_half_written_pool_file_does_not_shrink_the_pool(tmp_path: Path) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    half = "endpoints:\n- 10.0.0.1:8000\n- 10.0.0.4:8000\n"  # valid YAML: the tail is not written yet
+    with path.open("w") as out:
+        out.write(half)
+        out.flush()
+        assert await watcher.poll() is False
+        assert names(pool) == ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"]
+        out.write("- 10.0.0.5:8000\n")
+    assert await watcher.poll() is False  # changed again since the last poll: still settling
+    assert len(pool.endpoints()) == 3
+    assert await watcher.poll() is True
+    assert names(pool) == ["10.0.0.1:8000", "10.0.0.4:8000", "10.0.0.5:8000"]
+
+
+async def test_a_pool_file_that_fails_to_parse_is_never_applied_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    path.write_text("endpoints:\n- 10.0.0.1:8000\n- {address: 10.0.0.2, por")
+    for _ in range(5):
+        assert await watcher.poll() is False
+    assert len(pool.endpoints()) == 3
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["pool file change ignored, keeping 3 endpoints"]
+
+
+async def test_a_pool_file_touched_without_change_is_not_reapplied(tmp_path: Path) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    path.write_text(FULL)
+    assert [await watcher.poll() for _ in range(3)] == [False, False, False]
+    assert len(pool.endpoints()) == 3
+
+
+async def test_a_pool_file_replaced_by_rename_is_applied_after_two_polls(tmp_path: Path) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    staged = tmp_path / "pool.yaml.tmp"
+    staged.write_text("endpoints:\n- 10.0.0.9:8000\n")
+    staged.replace(path)
+    assert [await watcher.poll(), await watcher.poll()] == [False, True]
+    assert names(pool) == ["10.0.0.9:8000"]
+
+
+async def test_pool_file_reload_parses_in_a_worker_thread_not_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import epp.datalayer.poolsource as poolsource
+
+    path, pool, watcher = watched(tmp_path, FULL)
+    parsed_on: list[int] = []
+
+    def recording_parse(text: str, source: str = "pool file") -> list[EndpointMetadata]:
+        parsed_on.append(threading.get_ident())
+        return parse_pool_file(text, source)
+
+    monkeypatch.setattr(poolsource, "parse_pool_file", recording_parse)
+    path.write_text("endpoints:\n- 10.0.0.7:8000\n")
+    assert [await watcher.poll(), await watcher.poll()] == [False, True]
+    assert names(pool) == ["10.0.0.7:8000"]
+    assert parsed_on and threading.get_ident() not in parsed_on
+
+
+def twenty_thousand(extra: str = "") -> str:
+    return "endpoints:\n" + "".join(f"- 10.0.{i // 256}.{i % 256}:8000\n" for i in range(20_000)) + extra
+
+
+def test_20000_entry_pool_file_duplicate_check_names_the_duplicate() -> None:
+    assert len(parse_pool_file(twenty_thousand(), "pool.yaml")) == 20_000
+    with pytest.raises(ConfigError) as err:
+        parse_pool_file(twenty_thousand("- {address: 10.0.1.2, port: 8000}\n"), "pool.yaml")
+    assert err.value.field == "pool.yaml.endpoints[20000]"
+    assert "duplicate endpoint name '10.0.1.2:8000' (first at endpoints[258])" in err.value.reason
+
+
+async def test_20000_entry_pool_file_reload_replaces_the_pool(tmp_path: Path) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    path.write_text(twenty_thousand())
+    assert [await watcher.poll(), await watcher.poll()] == [False, True]
+    assert len(pool.endpoints()) == 20_000
+
+
+async def test_a_deleted_pool_file_keeps_the_pool_and_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, pool, watcher = watched(tmp_path, FULL)
+    path.unlink()
+    for _ in range(3):
+        assert await watcher.poll() is False
+    assert len(pool.endpoints()) == 3
+    assert len([r for r in caplog.records if "cannot read" in r.getMessage()]) == 1
