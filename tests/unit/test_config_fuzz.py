@@ -135,7 +135,7 @@ def mutate(data: st.DataObject, base: Any) -> str:
             del container[key]
         elif op == "insert" and isinstance(container, dict):
             container[data.draw(KEYS)] = data.draw(JUNK)
-        elif op == "insert":
+        elif op == "insert" and isinstance(container, list):
             container.insert(key, data.draw(JUNK))
         elif op == "number":
             container[key] = data.draw(st.sampled_from([-1, -1e300, 1e300, 2**63, float("nan"), 0, 1e3]))
