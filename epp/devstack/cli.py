@@ -28,6 +28,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--config-file", type=Path, help="EndpointPickerConfig for the picker (default: built-in)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulator time scale (0.1 = 10x faster)")
     p.add_argument("--rounds", type=int, default=1, help="times to send the demo requests")
+    p.add_argument("--tls", action="store_true",
+                   help="ext_proc over TLS: the picker with --secure-serving, Envoy's ext_proc cluster with TLS")
     p.add_argument("--exit-after-demo", action="store_true", help="stop after the demo instead of waiting")
     p.set_defaults(func=_run)
 
@@ -40,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     ports = StackPorts.free(args.replicas) if args.free_ports else StackPorts.defaults(args.replicas)
     config_text = args.config_file.read_text() if args.config_file else None
     stack = Stack(args.workdir.resolve(), args.replicas, ports, sim_args=["--time-scale", str(args.time_scale)],
-                  config_text=config_text)
+                  config_text=config_text, picker_args=["--secure-serving"] if args.tls else (),
+                  envoy_options={"extproc_tls": True} if args.tls else None)
     print(f"starting {args.replicas} simulated vLLM servers, the picker and Envoy (logs in {args.workdir}/) ...",
           flush=True)
     try:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
 REQUEST_ID_HEADER = "x-request-id"
 # Protocol headers meant for the picker: stripped before the request reaches a model
 # server, and a client cannot pick its own destination by sending them.
@@ -60,6 +61,7 @@ _REQUEST_MODES = (_FULL_DUPLEX, _BUFFERED)
 # generated one: the id reaches log lines and the decision log's keys.
 MAX_REQUEST_ID_LENGTH = 128
 _FAILURES = ThrottledLog(log)
+_MAX_SERVED_LENGTH = 256  # an ip:port list, from the gateway; bounded all the same
 
 
 class ProtocolError(InternalError):
@@ -123,6 +125,18 @@ def _subset_hint(request: pb.ProcessingRequest) -> list[str] | None:
     return [part.strip() for part in value.string_value.split(",") if part.strip()]
 
 
+def _served_endpoint(request: pb.ProcessingRequest) -> str:
+    """The endpoint that served the request, as a gateway reports it in ``envoy.lb`` metadata.
+
+    The GIE protocol carries it as metadata on the response path; the picker hands it to
+    response hooks as the header of the same name (a data plane may also send the header).
+    """
+    namespace = request.metadata_context.filter_metadata.get(messages.DESTINATION_NAMESPACE)
+    if namespace is None or SERVED_KEY not in namespace.fields:
+        return ""
+    return str(namespace.fields[SERVED_KEY].string_value)[:_MAX_SERVED_LENGTH]
+
+
 class _Stream:
     """State of one ext_proc stream."""
 
@@ -161,7 +175,7 @@ class _Stream:
         if kind == "response_body":
             return self._response_body(request.response_body.body, request.response_body.end_of_stream)
         if kind == "response_headers":
-            return self._response_headers(request.response_headers)
+            return self._response_headers(request)
         if kind == "request_trailers":
             if self.ctx is None:
                 raise ProtocolError("request trailers before request headers")
@@ -257,9 +271,14 @@ class _Stream:
         self.body_size = 0
         self.chunks = []
 
-    def _response_headers(self, message: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
+    def _response_headers(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        message = request.response_headers
         if self.ctx is not None:
-            self.director.response_headers(self.ctx, _headers(message))
+            headers = _headers(message)
+            served = _served_endpoint(request)
+            if served:
+                headers.setdefault(SERVED_KEY, served)
+            self.director.response_headers(self.ctx, headers)
             if message.end_of_stream:
                 self.director.finish(self.ctx, completed=True)
             return [messages.continue_response_headers(self.ctx.response.set_headers)]

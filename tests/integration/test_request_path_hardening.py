@@ -208,3 +208,41 @@ async def test_unexpected_failures_log_one_traceback_a_minute(
         statuses = [(await envoy.exchange(completion())).status for _ in range(5)]
     assert statuses == [500] * 5
     assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+async def test_the_served_endpoint_reported_in_response_metadata_reaches_the_verifier(
+        start_picker: PickerFactory) -> None:
+    from google.protobuf import struct_pb2
+
+    from epp.testing.envoy_stream import response_headers_message
+
+    config = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: destination-endpoint-served-verifier
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+dataLayer:
+  sources: []
+"""
+    server = await start_picker(config=config)
+    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as client:
+        stream = client.stream()
+        await stream.send(request_headers_message(headers()))
+        await stream.send(body_message(completion(), end_of_stream=True))
+        assert await stream.wait_for(lambda r: r.HasField("request_headers")) is not None
+        reply = response_headers_message({"content-type": "application/json"})
+        served = struct_pb2.Struct()
+        served.fields["x-gateway-destination-endpoint-served"].string_value = "10.0.0.2:8000"
+        reply.metadata_context.filter_metadata["envoy.lb"].CopyFrom(served)
+        await stream.send(reply)
+        answer = await stream.wait_for(lambda r: r.HasField("response_headers"))
+        await stream.abort()
+    assert answer is not None
+    mutation = answer.response_headers.response.header_mutation
+    echoed = {h.header.key: h.header.raw_value for h in mutation.set_headers}
+    assert echoed == {"x-conformance-test-served-endpoint": b"10.0.0.2:8000"}

@@ -24,6 +24,13 @@ def doc(body: str = "") -> str:
     return HEADER + textwrap.dedent(body)
 
 
+def decoded_config(text: str) -> ConfigDocument:
+    """Decode a document that is not empty, so the result is a ConfigDocument, not None."""
+    decoded = decode_document(text)
+    assert isinstance(decoded, ConfigDocument)
+    return decoded
+
+
 def config_error(text: str) -> ConfigError:
     with pytest.raises(ConfigError) as err:
         decode_document(text)
@@ -35,7 +42,7 @@ def test_a_header_only_document_decodes_to_an_empty_config() -> None:
 
 
 def test_plugins_and_profiles_decode_with_their_config_paths() -> None:
-    decoded = decode_document(doc("""\
+    decoded = decoded_config(doc("""\
         plugins:
         - type: queue-scorer
         - name: picker
@@ -115,13 +122,13 @@ def test_invalid_documents_fail_naming_the_field(text: str, field: str, reason_p
 
 
 def test_every_registered_feature_gate_is_accepted() -> None:
-    decoded = decode_document(doc("featureGates: [dataLayer, enableLegacyMetrics, flowControl]\n"))
+    decoded = decoded_config(doc("featureGates: [dataLayer, enableLegacyMetrics, flowControl]\n"))
     assert decoded.feature_gates == {"dataLayer", "enableLegacyMetrics", "flowControl"}
 
 
 @pytest.mark.parametrize("key", ["dataLayer", "data"])
 def test_data_is_accepted_as_the_older_name_of_data_layer(key: str) -> None:
-    decoded = decode_document(doc(f"""\
+    decoded = decoded_config(doc(f"""\
         {key}:
           sources:
           - pluginRef: metrics-data-source
@@ -140,12 +147,12 @@ def test_data_and_data_layer_together_are_rejected() -> None:
 
 
 def test_an_absent_data_layer_differs_from_an_empty_one() -> None:
-    assert decode_document(doc()).data_sources is None
-    assert decode_document(doc("dataLayer: {sources: []}\n")).data_sources == ()
+    assert decoded_config(doc()).data_sources is None
+    assert decoded_config(doc("dataLayer: {sources: []}\n")).data_sources == ()
 
 
 def test_parser_and_saturation_detector_refs_are_read() -> None:
-    decoded = decode_document(doc("parser: {pluginRef: my-parser}\nsaturationDetector: {pluginRef: det}\n"))
+    decoded = decoded_config(doc("parser: {pluginRef: my-parser}\nsaturationDetector: {pluginRef: det}\n"))
     assert (decoded.parser_ref, decoded.saturation_detector_ref) == ("my-parser", "det")
 
 
@@ -153,7 +160,7 @@ def test_parser_and_saturation_detector_refs_are_read() -> None:
 
 
 def test_a_full_flow_control_section_decodes_quantities_and_durations() -> None:
-    decoded = decode_document(doc("""\
+    decoded = decoded_config(doc("""\
         featureGates: [flowControl]
         flowControl:
           maxBytes: 10Gi
@@ -211,7 +218,7 @@ def test_flow_control_errors_name_the_field(section: str, field: str, reason_par
 
 
 def test_a_flow_control_ttl_given_as_a_number_is_seconds() -> None:
-    fc = decode_document(doc("flowControl: {defaultRequestTTL: 60}\n")).flow_control
+    fc = decoded_config(doc("flowControl: {defaultRequestTTL: 60}\n")).flow_control
     assert fc is not None and fc.default_request_ttl == 60.0
 
 
@@ -257,8 +264,8 @@ def test_parse_quantity_rejects_what_is_not_a_quantity(value: Any) -> None:
 
 
 def test_gie_v1_3_inline_saturation_thresholds_are_accepted() -> None:
-    decoded = decode_document(doc("saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8, "
-                                  "metricsStalenessThreshold: 200ms}\n"))
+    decoded = decoded_config(doc("saturationDetector: {queueDepthThreshold: 5, kvCacheUtilThreshold: 0.8, "
+                                 "metricsStalenessThreshold: 200ms}\n"))
     assert decoded.saturation_detector_ref == "utilization-detector"
 
 

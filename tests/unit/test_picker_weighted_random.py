@@ -53,7 +53,7 @@ def test_zero_scores_fill_only_the_places_positive_ones_cannot(
 ) -> None:
     picker = create("weighted-random-picker", {"maxNumOfEndpoints": 3})
     candidates = scored(make_endpoint, [0.0, 2.0, 0.0, 1.0, 0.0])
-    fillers = Counter()
+    fillers: Counter[str] = Counter()
     for _ in range(600):
         names = picked(picker, make_request, candidates)
         assert set(names[:2]) == {"e1", "e3"}
@@ -75,7 +75,7 @@ def test_a_multi_endpoint_pick_returns_distinct_endpoints_favouring_high_scores(
 ) -> None:
     picker = create("weighted-random-picker", {"maxNumOfEndpoints": 2})
     candidates = scored(make_endpoint, [1.0, 1.0, 8.0])
-    firsts = Counter()
+    firsts: Counter[str] = Counter()
     for _ in range(2000):
         names = picked(picker, make_request, candidates)
         assert len(names) == 2 and len(set(names)) == 2

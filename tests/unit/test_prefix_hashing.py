@@ -7,7 +7,8 @@ import random
 import pytest
 import xxhash
 
-from epp.plugins.prefix.hashing import CHARS_PER_TOKEN, hash_prompt
+from epp.framework.attributes import CHARS_PER_TOKEN
+from epp.plugins.prefix.hashing import hash_prompt
 
 BLOCK_TOKENS = 4
 BLOCK = BLOCK_TOKENS * CHARS_PER_TOKEN  # 16 bytes

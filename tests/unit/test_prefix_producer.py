@@ -17,6 +17,7 @@ from epp.framework.plugin import Handle
 from epp.framework.scheduling import CycleState
 from epp.plugins import default_registry
 from epp.plugins.prefix.hashing import hash_prompt
+from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 
 BLOCK = 16 * 4  # default blockSizeTokens (16) in bytes
 PROMPT = bytes(range(32, 96)) * 4  # four full blocks
@@ -173,6 +174,7 @@ async def test_endpoints_removed_from_the_pool_are_purged(make_request: Any, rou
     pool.replace_all([EndpointMetadata("a", "10.0.0.1", 8000, 8000), EndpointMetadata("b", "10.0.0.2", 8000, 8000)])
     handle = Handle(pool=pool, rng=random.Random(1))
     producer = default_registry().create("approx-prefix-cache-producer", "p", None, handle, "plugins[0]")
+    assert isinstance(producer, ApproxPrefixCacheProducer)
     a, b = pool.get("a"), pool.get("b")
     await route(producer, make_request(PROMPT), [a, b], routed(a))
     await route(producer, make_request(PROMPT), [a, b], routed(b))

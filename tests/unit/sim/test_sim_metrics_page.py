@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.sim.config import EngineKind, SimConfig
@@ -37,7 +38,7 @@ class FakeView:
         return self.waiting
 
 
-def families(page: bytes) -> dict[str, object]:
+def families(page: bytes) -> dict[str, Metric]:
     return {f.name: f for f in text_string_to_metric_families(page.decode())}
 
 
