@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit integration e2e bench-overhead bench-routing bench-scrape clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 ## Start 3 simulated vLLM servers, the picker and Envoy on loopback; show routing; Ctrl-C stops.
 run: $(STAMP)
 	$(BIN)/epp stack
+
+## The same stack with TLS between Envoy and the picker (self-signed certificate).
+run-tls: $(STAMP)
+	$(BIN)/epp stack --tls
 
 ## Lint, type-check and run the whole test suite (unit, integration, end-to-end with real Envoy).
 ## The coverage floor lives here, not in pytest's addopts, so running one test file stays quiet.
@@ -37,6 +41,14 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
+## Property-based fuzz: the ext_proc stream with EPP_FUZZ_CASES cases (100,000 by default; prints the
+## count), then configs and pool files with hypothesis's "fuzz" profile (20,000 cases each).
+EPP_FUZZ_CASES ?= 100000
+fuzz: $(STAMP)
+	EPP_FUZZ_CASES=$(EPP_FUZZ_CASES) $(BIN)/pytest tests/integration/test_extproc_fuzz.py -q -s -p no:cacheprovider \
+		--timeout 0
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit/test_config_fuzz.py -q -p no:cacheprovider --timeout 0
+
 bench-overhead: $(STAMP)
 	$(BIN)/python -m benchmarks.overhead
 
@@ -45,6 +57,10 @@ bench-routing: $(STAMP)
 
 bench-scrape: $(STAMP)
 	$(BIN)/python -m benchmarks.scrape
+
+## Soak: 100,000 mixed requests through real Envoy; RSS, per-key structure sizes, errors by kind.
+bench-soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +20,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
-__all__ = ["ExtProcClient", "StreamResult"]
+__all__ = ["ExtProcClient", "ScriptedStream", "StreamResult", "body_message", "request_headers_message",
+           "response_headers_message", "trailers_message"]
 
 _FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
 _BUFFERED = modes.ProcessingMode.BUFFERED
@@ -104,6 +105,10 @@ class ExtProcClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def stream(self) -> ScriptedStream:
+        """A new stream to drive message by message (``ScriptedStream``)."""
+        return ScriptedStream(self)
 
     async def exchange(
         self,
@@ -220,3 +225,96 @@ class ExtProcClient:
             await call.done_writing()
         await asyncio.wait_for(reading, max(0.01, deadline - asyncio.get_running_loop().time()))
         return result
+
+
+def request_headers_message(headers: Sequence[tuple[str, bytes]], end_of_stream: bool = False,
+                            request_mode: int = _FULL_DUPLEX, response_mode: int = _FULL_DUPLEX
+                            ) -> pb.ProcessingRequest:
+    """Request headers as raw key/value pairs (repeated keys and non-UTF-8 values allowed)."""
+    header_map = core.HeaderMap(headers=[core.HeaderValue(key=k, raw_value=v) for k, v in headers])
+    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map, end_of_stream=end_of_stream),
+                                protocol_config=pb.ProtocolConfiguration(request_body_mode=request_mode,
+                                                                         response_body_mode=response_mode))
+
+
+def response_headers_message(headers: Mapping[str, str], end_of_stream: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_headers=_headers({":status": "200", **headers}, end_of_stream))
+
+
+def body_message(chunk: bytes, end_of_stream: bool, request: bool = True) -> pb.ProcessingRequest:
+    body = pb.HttpBody(body=chunk, end_of_stream=end_of_stream)
+    return pb.ProcessingRequest(request_body=body) if request else pb.ProcessingRequest(response_body=body)
+
+
+def trailers_message(request: bool = True) -> pb.ProcessingRequest:
+    trailers = pb.HttpTrailers()
+    return pb.ProcessingRequest(request_trailers=trailers) if request else pb.ProcessingRequest(
+        response_trailers=trailers)
+
+
+class ScriptedStream:
+    """One ext_proc stream driven message by message, for tests that look between messages.
+
+    ``send`` writes a message (False once the picker has ended the stream), ``wait_for``
+    waits for a response matching a predicate, ``close`` half-closes like Envoy at the end
+    of a request and waits for the picker to end the stream, ``abort`` resets it like a
+    client that went away. Responses are read concurrently, as Envoy does.
+    """
+
+    def __init__(self, client: ExtProcClient) -> None:
+        self.result = StreamResult()
+        self._call = client.stub.Process()
+        self._changed = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._reading = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                self.result.responses.append(response)
+                self._changed.set()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self.ended.set()
+            self._changed.set()
+
+    async def send(self, message: pb.ProcessingRequest) -> bool:
+        if self.ended.is_set():
+            return False
+        try:
+            await self._call.write(message)
+            return True
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+
+    async def wait_for(self, predicate: Callable[[pb.ProcessingResponse], bool], timeout: float = 5.0
+                       ) -> pb.ProcessingResponse | None:
+        """The first response (in order) matching ``predicate``; None if the stream ended without one."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for response in self.result.responses:
+                    if predicate(response):
+                        return response
+                if self.ended.is_set():
+                    return None
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self, timeout: float = 5.0) -> StreamResult:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.done_writing()
+        await asyncio.wait_for(asyncio.shield(self._reading), timeout)
+        return self.result
+
+    async def abort(self) -> StreamResult:
+        self._call.cancel()
+        await self._reading
+        return self.result
+
+    async def __aenter__(self) -> ScriptedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.ended.is_set():
+            await self.abort()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from e2e_support import SIM_ARGS, completion, post  # type: ignore[import-not-found]
+from e2e_support import SIM_ARGS, completion  # type: ignore[import-not-found]
 
 from epp.devstack.stack import Stack
 
@@ -18,12 +18,12 @@ from epp.devstack.stack import Stack
 def test_sigterm_lets_in_flight_streams_finish(tmp_path: Path) -> None:
     with Stack(tmp_path, replicas=2, sim_args=SIM_ARGS) as stack:
         async def scenario() -> tuple[int, bytes]:
-            async with aiohttp.ClientSession() as session:
-                task = asyncio.create_task(post(session, stack.url, completion("slow", max_tokens=300, stream=True)))
-                await asyncio.sleep(0.5)  # the stream is under way
+            body = completion("slow", max_tokens=300, stream=True)
+            async with aiohttp.ClientSession() as session, session.post(
+                    stack.url + "/v1/completions", data=body, headers={"content-type": "application/json"}) as response:
+                first = await response.content.readany()  # the stream is under way: SIGTERM comes mid-response
                 stack.picker.signal(signal.SIGTERM)  # type: ignore[union-attr]
-                reply = await task
-                return reply.status, reply.body
+                return response.status, first + await response.read()
 
         status, body = asyncio.run(scenario())
         assert status == 200

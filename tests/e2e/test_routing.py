@@ -20,7 +20,7 @@ SYSTEM = ("You are the support assistant of a bicycle shop. Be brief, cite the w
 async def test_requests_are_served_through_envoy_by_all_replicas(stack: Stack) -> None:
     replies = await post_many(stack.url, [completion(f"prompt number {i}") for i in range(30)], concurrent=False)
     assert [r.status for r in replies] == [200] * 30
-    assert {r.upstream for r in replies} <= {stack.sim_hostport(i) for i in range(3)}
+    assert {r.upstream for r in replies} == {stack.sim_hostport(i) for i in range(3)}
     assert all(orjson.loads(r.body)["choices"][0]["text"] for r in replies)
 
 
@@ -103,5 +103,8 @@ async def test_a_hot_prefix_spills_over_to_another_replica_instead_of_queueing(s
     replies = await post_many(stack.url, bodies, path="/v1/chat/completions")
     assert [r.status for r in replies] == [200] * 24
     served = Counter(r.upstream for r in replies)
-    assert len(served) >= 2, served  # spilled over
-    assert max(served.values()) >= 6, served  # while the prefix still concentrates traffic
+    # Spilled over: counted as running instead of waiting, dispatches sent all 24 to one replica.
+    # Nothing is asserted about how much the prefix still concentrates the burst: measured over
+    # cold bursts it ranged from 9/9/6 to 15/9, and without the prefix scorer from 8/8/8 to 10/7/7,
+    # so no bound separates the two (affinity under light load is test_requests_sharing_a_prefix_...).
+    assert len(served) >= 2, served

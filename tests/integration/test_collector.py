@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from epp.server.app import PickerServer
 from epp.sim import FaultMode, SimConfig, SimServer
@@ -83,10 +84,12 @@ async def test_a_server_that_stops_answering_keeps_old_metrics_and_becomes_unrea
     await eventually(lambda: not victim.ready)
     frozen = victim.metrics.update_time
     assert [ep.name for ep in server.pool.ready_endpoints()] == [server.pool.endpoints()[0].name]
-    await asyncio.sleep(0.1)
+    def failures() -> int:
+        return {h.name: h for h in server.collector.health()}[victim.name].consecutive_failures  # type: ignore[union-attr]
+
+    more_failures = failures() + 3
+    await eventually(lambda: failures() >= more_failures)  # three more scrapes were tried and failed
     assert victim.metrics.update_time == frozen  # failed scrapes never touch the values
-    health = {h.name: h for h in server.collector.health()}  # type: ignore[union-attr]
-    assert health[victim.name].consecutive_failures >= 3
     await sims[1].set_fault(FaultMode.OK)
     await eventually(lambda: victim.ready)
     assert victim.metrics.update_time > frozen
@@ -118,9 +121,49 @@ async def test_admin_metrics_use_the_go_epp_names(start_picker: PickerFactory, s
     assert [e["metrics"]["cacheBlockSize"] for e in endpoints["endpoints"]] == [16, 16]
 
 
-async def test_removed_endpoint_stops_being_scraped(start_picker: PickerFactory, sims: list[SimServer]) -> None:
-    server = await scraping_picker(start_picker, sims)
-    await eventually(lambda: len(server.collector.health()) == 2)  # type: ignore[union-attr]
-    kept = server.pool.endpoints()[0].metadata
-    server.pool.replace_all([kept])
-    assert [h.name for h in server.collector.health()] == [kept.name]  # type: ignore[union-attr]
+class ScrapeCounter:
+    """A loopback /metrics endpoint that counts the GETs it receives (the simulator does not count scrapes)."""
+
+    PAGE = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n"
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+        self.port = 0
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.scrapes += 1
+        return web.Response(text=self.PAGE, content_type="text/plain")
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def test_removed_endpoint_stops_being_scraped(start_picker: PickerFactory) -> None:
+    counters = [ScrapeCounter(), ScrapeCounter()]
+    for counter in counters:
+        await counter.start()
+    try:
+        kept, removed = counters
+        server = await start_picker(endpoints=",".join(f"127.0.0.1:{c.port}" for c in counters),
+                                    config=SCRAPING_CONFIG, refresh_metrics_interval=0.02, scrape_timeout=0.3)
+        await eventually(lambda: kept.scrapes > 0 and removed.scrapes > 0)
+        server.pool.replace_all([ep.metadata for ep in server.pool.endpoints() if ep.metadata.port == kept.port])
+        # A scrape already on the wire may still land; a few ticks of the kept endpoint later, none can.
+        settled = kept.scrapes + 3
+        await eventually(lambda: kept.scrapes >= settled)
+        scrapes_after_removal = removed.scrapes
+        later = kept.scrapes + 10
+        await eventually(lambda: kept.scrapes >= later)  # ten more ticks have passed
+        assert removed.scrapes == scrapes_after_removal
+    finally:
+        for counter in counters:
+            await counter.stop()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp.plugins.inflight.producer import InFlightLoadProducer
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
+from epp.testing.envoy_stream import body_message, request_headers_message, response_headers_message
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -69,12 +72,31 @@ async def test_in_flight_count_is_released_when_envoy_aborts_the_stream(start_pi
 
 async def test_in_flight_count_is_held_while_the_response_streams(start_picker: PickerFactory) -> None:
     server = await start_picker(config=PREFIX_AND_LOAD_CONFIG)
-    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy:
-        done = await envoy.exchange(chat("hello"), path="/v1/chat/completions",
-                                    response_headers={"content-type": "application/json"},
-                                    response_chunks=[b'{"usage":{"prompt_tokens":90,"completion_tokens":4}}'])
-        assert done.destination is not None
+    load = tracker(server)
+    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy, envoy.stream() as stream:
+        headers = [(":method", b"POST"), (":path", b"/v1/chat/completions"), (":authority", b"gateway"),
+                   ("content-type", b"application/json")]
+        await stream.send(request_headers_message(headers))
+        await stream.send(body_message(chat("hello"), end_of_stream=True))
+        routed = await stream.wait_for(lambda r: r.HasField("request_headers"))
+        assert routed is not None and stream.result.destination is not None
+        destination = stream.result.destination
+        assert load.requests(destination) == 1
+        assert load.prefill_backlog(destination) > 0  # no first byte yet: still prefilling
+
+        await stream.send(response_headers_message({"content-type": "text/event-stream"}))
+        await stream.wait_for(lambda r: r.HasField("response_headers"))
+        assert load.requests(destination) == 1
+
+        await stream.send(body_message(b'data: {"choices":[{"text":"hi"}]}\n\n', False, request=False))
+        await stream.wait_for(lambda r: r.HasField("response_body"))
+        assert load.requests(destination) == 1  # held while the response streams
+        assert load.prefill_backlog(destination) == 0  # the first byte ended the prefill
+
+        await stream.send(body_message(b"data: [DONE]\n\n", True, request=False))
+        await stream.close()
     assert in_flight(server) == 0
+    assert load.tokens(destination) == 0
 
 
 async def test_requests_sharing_a_prefix_go_to_the_same_endpoint(start_picker: PickerFactory) -> None:
@@ -158,7 +180,7 @@ async def test_request_metrics_are_recorded_with_model_labels(picker: PickerServ
 
 
 async def test_pool_file_changes_take_effect_and_a_broken_file_keeps_the_pool(
-        start_picker: PickerFactory, tmp_path: Path) -> None:
+        start_picker: PickerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pool_file = tmp_path / "pool.yaml"
     pool_file.write_text("endpoints: ['10.0.0.1:8000', '10.0.0.2:8000']\n")
     server = await start_picker(endpoints=None, pool_file=pool_file)
@@ -172,8 +194,13 @@ async def test_pool_file_changes_take_effect_and_a_broken_file_keeps_the_pool(
     async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy:
         seen = {(await envoy.exchange(chat("x"), path="/v1/chat/completions")).destination for _ in range(10)}
     assert seen == {"10.0.0.2:8000"}
+    caplog.set_level(logging.ERROR, logger="epp.datalayer.poolsource")
     pool_file.write_text("endpoints: [{address: 10.0.0.9}]\n")  # no port: invalid
-    await asyncio.sleep(0.6)
+    for _ in range(100):  # until the watcher has read the broken file and said so
+        if any(r.name == "epp.datalayer.poolsource" for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    assert any("10.0.0.9" in r.getMessage() or "port" in r.getMessage() for r in caplog.records), caplog.text
     assert [ep.name for ep in server.pool.endpoints()] == ["10.0.0.2:8000"]
 
 
@@ -189,7 +216,8 @@ def test_impossible_options_are_config_errors_naming_the_flag(option: str, value
     from epp.errors import ConfigError
     from epp.server.app import ServeOptions
 
-    server = PickerServer(ServeOptions(endpoints="10.0.0.1:8000", **{option: value}))
+    options: dict[str, Any] = {option: value}  # each option has its own type; the values are the test's
+    server = PickerServer(ServeOptions(endpoints="10.0.0.1:8000", **options))
     with pytest.raises(ConfigError) as err:
         server.build()
     assert err.value.field == flag
