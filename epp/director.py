@@ -138,8 +138,9 @@ class Director:
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 self._errors.report("pre-request", plugin)
         if self.metrics is not None:
-            self.metrics.request_total.labels(request.model, request.target_model, str(request.priority)).inc()
-            per_model = self.metrics.for_model(request.model, request.target_model)
+            model, target = self.metrics.models.labels(request.model, request.target_model)
+            self.metrics.request_total.labels(model, target, str(request.priority)).inc()
+            per_model = self.metrics.for_model(model, target)
             per_model.request_sizes.observe(len(new_body if new_body is not None else body))
             ctx.running = per_model.running
             ctx.running.inc()
@@ -243,7 +244,11 @@ class Director:
         metrics = self.metrics
         assert metrics is not None
         request = ctx.request
-        model, target = (request.model, request.target_model) if request is not None else ("", "")
+        model, target = "", ""
+        if request is not None:
+            if 200 <= ctx.response.status < 300:
+                metrics.models.served(request.model, request.target_model)
+            model, target = metrics.models.labels(request.model, request.target_model)
         code = error.code if error is not None else ("ModelServerError" if ctx.response.status >= 400 else "")
         if code:
             metrics.request_error_total.labels(model, target, code).inc()

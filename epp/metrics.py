@@ -18,6 +18,7 @@ no clock read, and the cache never updates a child the families no longer export
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -29,7 +30,7 @@ from epp.datalayer.pool import EndpointPool
 from epp.framework.plugin import TypedName
 from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily, Lifecycle, bound_label
 
-__all__ = ["ModelMetrics", "PickerMetrics"]
+__all__ = ["ModelLabels", "ModelMetrics", "PickerMetrics"]
 
 _LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60, 120,
@@ -110,10 +111,12 @@ def _per_model(what: str) -> str:
 
 
 class _CacheReset(Collector):
-    """Empties ``PickerMetrics``' per-model cache whenever ``/metrics`` is collected."""
+    """Empties ``PickerMetrics``' per-model cache (and frees idle provisional model slots)
+    whenever ``/metrics`` is collected."""
 
-    def __init__(self, cache: dict[tuple[str, str], ModelMetrics]) -> None:
+    def __init__(self, cache: dict[tuple[str, str], ModelMetrics], models: ModelLabels) -> None:
         self.cache = cache
+        self.models = models
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -122,11 +125,68 @@ class _CacheReset(Collector):
         # Entries are stale once any family starts a new epoch; dropping them all keeps the cache
         # from holding children the families have dropped. They are rebuilt on first use.
         self.cache.clear()
+        self.models.expire()
         return iter(())
 
 
 # A per-model label set unused for this long is dropped from /metrics.
 DEFAULT_IDLE_SECONDS = 600.0
+# Model pairs no model server has answered yet that may have label sets of their own.
+MAX_PROVISIONAL_MODELS = 32
+OTHER = "other"
+
+
+class ModelLabels:
+    """Which (model, target model) pairs get label sets of their own.
+
+    Model names come from clients. A pair is *served* once a model server answered it with
+    a 2xx; served pairs are kept in least-recently-used order, at most ``MAX_CHILDREN``.
+    Any other pair is *provisional*: at most ``MAX_PROVISIONAL_MODELS`` of them are labelled
+    by name (each for ``idle_seconds`` after its last use), and the rest count as
+    ``other``. So names no server accepts (typos, junk, an attacker's stream of unique
+    names) hold a handful of label sets per family and never push served models into
+    ``other``; a new real model is labelled by name from its first request unless the
+    provisional slots are full, and from its first success in any case.
+    """
+
+    __slots__ = ("lifecycle", "_served", "_provisional")
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        self._served: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._provisional: dict[tuple[str, str], float] = {}
+
+    def labels(self, model: str, target: str) -> tuple[str, str]:
+        pair = (bound_label(model), bound_label(target))
+        served = self._served
+        if pair in served:
+            served.move_to_end(pair)
+            return pair
+        provisional = self._provisional
+        if pair in provisional or len(provisional) < MAX_PROVISIONAL_MODELS:
+            provisional[pair] = self.lifecycle.clock()
+            return pair
+        return (OTHER, OTHER)
+
+    def served(self, model: str, target: str) -> None:
+        pair = (bound_label(model), bound_label(target))
+        self._provisional.pop(pair, None)
+        self._served[pair] = None
+        self._served.move_to_end(pair)
+        if len(self._served) > MAX_CHILDREN:
+            self._served.popitem(last=False)
+
+    def debug_sizes(self) -> dict[str, int]:
+        return {"servedModels": len(self._served), "provisionalModels": len(self._provisional)}
+
+    def expire(self) -> None:
+        """Free provisional slots unused for ``idle_seconds`` (at collect time, like label sets)."""
+        idle = self.lifecycle.idle_seconds
+        if idle is None:
+            return
+        cutoff = self.lifecycle.clock() - idle
+        for pair in [p for p, seen in self._provisional.items() if seen < cutoff]:
+            del self._provisional[pair]
 
 
 class PickerMetrics:
@@ -146,7 +206,8 @@ class PickerMetrics:
         self.lifecycle = life = Lifecycle(idle_seconds, clock)
         self._per_model: dict[tuple[str, str], ModelMetrics] = {}
         self._cache_pruned_epoch = -1
-        r.register(_CacheReset(self._per_model))
+        self.models = ModelLabels(life)
+        r.register(_CacheReset(self._per_model, self.models))
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...],
                       labels: tuple[str, ...] = _MODEL, expires: bool = True) -> HistogramFamily:
@@ -233,6 +294,14 @@ class PickerMetrics:
         if len(cache) < MAX_CHILDREN or key in cache:
             cache[key] = entry
         return entry
+
+    def debug_sizes(self) -> dict[str, object]:
+        """Label sets per family and the per-model caches, for ``/debug/state``."""
+        families = {f.name: len(f) for f in self._families()}
+        return {"labelSets": families, "perModelCache": len(self._per_model), **self.models.debug_sizes()}
+
+    def _families(self) -> list[CounterFamily | HistogramFamily]:
+        return [v for v in vars(self).values() if isinstance(v, CounterFamily | HistogramFamily)]
 
     def plugin_observer(self, extension_point: str, name: TypedName) -> Callable[[float], None]:
         """A pre-bound ``observe`` for one plugin (label lookup done once, not per call)."""

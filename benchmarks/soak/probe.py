@@ -46,7 +46,18 @@ class Snapshot:
                 "label sets (all families)": sum(self.label_sets.values()),
                 "prefix index entries": self.prefix_index_entries, "decision log": self.decisions,
                 "/metrics page KiB": self.metrics_page[0] // 1024, "/metrics fetch s": round(self.metrics_page[1], 2),
-                **{f"state {k}": v for k, v in self.state.items()}}
+                **{f"state {k}": v for k, v in _flatten(self.state).items()}}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``/debug/state``'s nested sizes as ``a.b.c: n`` rows."""
+    rows: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            rows.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows[f"{prefix}{key}"] = value
+    return rows
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:

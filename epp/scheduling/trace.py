@@ -109,6 +109,9 @@ class DecisionLog:
     def __len__(self) -> int:
         return len(self._order)
 
+    def debug_sizes(self) -> dict[str, int]:
+        return {"traces": len(self._order), "ids": len(self._by_id)}
+
     def record(self, trace: DecisionTrace) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("decision %s", trace.as_dict())

@@ -62,6 +62,7 @@ def build_admin_app(
     collector: Collector | None,
     is_ready: Callable[[], bool],
     token: TokenFile | None = None,
+    state: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -111,6 +112,9 @@ def build_admin_app(
         return json_response({**traces[0].as_dict(), "collisions": len(traces) - 1,
                               "earlier": [t.as_dict() for t in traces[1:]]})
 
+    async def debug_state(_: web.Request) -> web.Response:
+        return json_response(state() if state is not None else {})
+
     app = web.Application(middlewares=[bearer_auth_middleware(token)] if token is not None else [])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
@@ -118,4 +122,5 @@ def build_admin_app(
     app.router.add_get("/debug/endpoints", endpoints)
     app.router.add_get("/debug/decisions", recent_decisions)
     app.router.add_get("/debug/decisions/{request_id}", decision)
+    app.router.add_get("/debug/state", debug_state)
     return app

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -153,6 +155,7 @@ class PickerServer:
         self.metrics_port = 0
         self._watcher: PoolFileWatcher | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._extproc: ExtProcServicer | None = None
         self._admin: web.AppRunner | None = None
         self.tasks = BackgroundTasks()
         self._admin_token: TokenFile | None = None
@@ -239,6 +242,21 @@ class PickerServer:
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures)
 
+    def debug_state(self) -> dict[str, Any]:
+        """The size of every per-key structure the picker holds (``/debug/state``): what a
+        soak run watches to prove that nothing grows with the number of requests served."""
+        now = time.monotonic()
+        endpoints = self.pool.endpoints()
+        plugins = self.config.plugins.values() if self.config is not None else ()
+        return {
+            "endpoints": len(endpoints),
+            "ejectedEndpoints": sum(ep.ejected(now) for ep in endpoints),
+            "requestBodyBytesHeld": self._extproc.budget.held if self._extproc is not None else 0,
+            "metrics": self.metrics.debug_sizes(),
+            "decisionLog": self.decisions.debug_sizes(),
+            "plugins": {str(p.typed_name): p.debug_sizes() for p in plugins if hasattr(p, "debug_sizes")},
+        }
+
     def _passive_health(self) -> PassiveHealth:
         opts = self.options
         policy = EjectionPolicy(opts.eject_after_failures, opts.ejection_time,
@@ -270,9 +288,9 @@ class PickerServer:
         await self.health.start()
         opts = self.options
         extproc = self._grpc_server(opts.max_request_body_bytes + _GRPC_MESSAGE_OVERHEAD)
-        pb_grpc.add_ExternalProcessorServicer_to_server(
-            ExtProcServicer(self.director, opts.max_request_body_bytes,
-                            max_inflight_body_bytes=opts.max_inflight_body_bytes), extproc)
+        self._extproc = ExtProcServicer(self.director, opts.max_request_body_bytes,
+                                        max_inflight_body_bytes=opts.max_inflight_body_bytes)
+        pb_grpc.add_ExternalProcessorServicer_to_server(self._extproc, extproc)
         # Health on the ext_proc port too (over TLS when ext_proc is), so Envoy's gRPC
         # health check can target the cluster it already talks to.
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, extproc)
@@ -285,7 +303,7 @@ class PickerServer:
             await server.start()
             self._servers.append(server)
         app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready,
-                              self._admin_token)
+                              self._admin_token, self.debug_state)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)

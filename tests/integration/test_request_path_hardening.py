@@ -185,7 +185,10 @@ async def test_request_bodies_beyond_the_inflight_budget_get_429_and_the_budget_
         await holding.send(request_headers_message(headers()))
         await holding.send(body_message(b'{"model":"' + MODEL.encode() + b'","prompt":"' + b"a" * 2000,
                                         end_of_stream=False))
-        await asyncio.sleep(0.05)
+        for _ in range(500):  # until the picker holds the first body's bytes
+            if server.debug_state()["requestBodyBytesHeld"] > 0:
+                break
+            await asyncio.sleep(0.01)
         refused = await client.exchange(completion("b" * 2000), chunks=2)
         assert refused.status == 429
         await holding.send(body_message(b'"}', end_of_stream=True))
@@ -246,3 +249,23 @@ dataLayer:
     mutation = answer.response_headers.response.header_mutation
     echoed = {h.header.key: h.header.raw_value for h in mutation.set_headers}
     assert echoed == {"x-conformance-test-served-endpoint": b"10.0.0.2:8000"}
+
+
+async def test_debug_state_shows_every_per_request_structure_back_to_idle(tracked: PickerServer) -> None:
+    import aiohttp
+
+    async with ExtProcClient(f"127.0.0.1:{tracked.grpc_port}") as client:
+        await client.exchange(completion(), response_headers={"content-type": "application/json"},
+                              response_chunks=[b'{"usage":{"prompt_tokens":3,"completion_tokens":2}}'])
+        await client.exchange(completion("aborted"), abort_after_request=True)
+        await client.exchange(b"{not json")
+    await wait_idle(tracked)
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{tracked.metrics_port}/debug/state") as response:
+        state = await response.json()
+    assert state["requestBodyBytesHeld"] == 0
+    inflight = state["plugins"]["inflight-load-producer/inflight-load-producer"]
+    assert (inflight["requests"], inflight["tokens"], inflight["prefillBacklog"]) == (0, 0, 0)
+    assert state["decisionLog"] == {"traces": 2, "ids": 2}
+    assert state["metrics"]["servedModels"] == 1
+    assert state["metrics"]["labelSets"]["inference_objective_running_requests"] == 1

@@ -188,3 +188,37 @@ def test_metrics_text_stays_valid_prometheus_with_hostile_model_names() -> None:
     names = models_in(samples, "inference_objective_request_total")
     assert {'a"b', "back\\slash", "new\nline", "\u2028", "", " "} <= names
     assert all(len(n) <= MAX_LABEL_LENGTH for n in names)
+
+
+def test_model_names_no_server_accepts_hold_only_the_provisional_label_sets() -> None:
+    from epp.metrics import MAX_PROVISIONAL_MODELS
+
+    clock = FakeClock()
+    metrics = PickerMetrics(idle_seconds=IDLE, clock=clock)
+    for i in range(500):  # a stream of unique junk names, each answered 404 by the server
+        model, target = metrics.models.labels(f"junk-{i}", f"junk-{i}")
+        metrics.request_total.labels(model, target, "0").inc()
+    requests = scrape(metrics)["inference_objective_request_total"]
+    named = {labels["model_name"] for labels, _ in requests}
+    assert len(named) == MAX_PROVISIONAL_MODELS + 1  # the first ones by name, the rest as "other"
+    other = [value for labels, value in requests if labels["model_name"] == "other"]
+    assert other == [500 - MAX_PROVISIONAL_MODELS]
+
+
+def test_a_served_model_keeps_its_own_label_while_junk_fills_the_provisional_slots() -> None:
+    metrics = PickerMetrics(idle_seconds=IDLE, clock=FakeClock())
+    for i in range(100):
+        metrics.models.labels(f"junk-{i}", f"junk-{i}")
+    assert metrics.models.labels("llama", "llama") == ("other", "other")  # a new model during the flood...
+    metrics.models.served("llama", "llama")  # ...until a server answers it with 2xx
+    assert metrics.models.labels("llama", "llama") == ("llama", "llama")
+
+
+def test_provisional_slots_free_up_after_the_idle_time() -> None:
+    clock = FakeClock()
+    metrics = PickerMetrics(idle_seconds=IDLE, clock=clock)
+    for i in range(100):
+        metrics.models.labels(f"junk-{i}", f"junk-{i}")
+    clock.now += IDLE + 1
+    scrape(metrics, as_text=False)
+    assert metrics.models.labels("new-model", "new-model") == ("new-model", "new-model")

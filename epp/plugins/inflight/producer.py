@@ -116,6 +116,12 @@ class InFlightLoadProducer(BasePlugin):
         if not routed.started:
             self._prefill[routed.endpoint] -= routed.prefill
 
+    def debug_sizes(self) -> dict[str, int]:
+        """What this producer holds, for ``/debug/state``: all back to 0 when idle, but epochs."""
+        return {"endpoints": len(self._requests), "epochs": len(self._epoch),
+                "requests": sum(self._requests.values()), "tokens": sum(self._tokens.values()),
+                "prefillBacklog": sum(self._prefill.values())}
+
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None
 

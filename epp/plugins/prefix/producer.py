@@ -137,6 +137,11 @@ class ApproxPrefixCacheProducer(BasePlugin):
             assert self._hit_bytes is not None
             self._hit_bytes.observe(matched * match.block_size_tokens * CHARS_PER_TOKEN)
 
+    def debug_sizes(self) -> dict[str, int]:
+        """What the index holds, for ``/debug/state``."""
+        stats = self.index.statistics()
+        return {"endpoints": stats.endpoints, "entries": stats.entries, "distinctBlocks": stats.distinct_blocks}
+
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None
 
