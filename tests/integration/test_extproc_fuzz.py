@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from epp.datalayer.endpoint import Metrics
+from epp.framework.attributes import InFlightLoad
 from epp.plugins.inflight.producer import InFlightLoadProducer
 from epp.server.app import PickerServer, ServeOptions
 from epp.testing import ExtProcClient
@@ -354,10 +355,11 @@ class Picker:
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
-    def load(self) -> InFlightLoadProducer:
-        plugin = self.server.config.plugins["inflight-load-producer"]  # type: ignore[union-attr]
+    def load(self) -> InFlightLoad:
+        assert self.server.config is not None
+        plugin = self.server.config.plugins["inflight-load-producer"]
         assert isinstance(plugin, InFlightLoadProducer)
-        return plugin
+        return plugin.load
 
     def held(self) -> dict[str, Any]:
         """Everything still held for requests; empty when the picker is idle."""

@@ -55,7 +55,7 @@ def tracker(server: PickerServer) -> InFlightLoadProducer:
 
 
 def in_flight(server: PickerServer) -> int:
-    return sum(tracker(server).requests(ep.name) for ep in server.pool.endpoints())
+    return sum(tracker(server).load.requests(ep.name) for ep in server.pool.endpoints())
 
 
 async def test_in_flight_count_is_released_when_envoy_aborts_the_stream(start_picker: PickerFactory) -> None:
@@ -72,7 +72,7 @@ async def test_in_flight_count_is_released_when_envoy_aborts_the_stream(start_pi
 
 async def test_in_flight_count_is_held_while_the_response_streams(start_picker: PickerFactory) -> None:
     server = await start_picker(config=PREFIX_AND_LOAD_CONFIG)
-    load = tracker(server)
+    load = tracker(server).load
     async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy, envoy.stream() as stream:
         headers = [(":method", b"POST"), (":path", b"/v1/chat/completions"), (":authority", b"gateway"),
                    ("content-type", b"application/json")]

@@ -53,7 +53,7 @@ def inflight(server: PickerServer) -> InFlightLoadProducer:
 
 def assert_idle(server: PickerServer) -> None:
     """Nothing a finished request added is still counted anywhere."""
-    load = inflight(server)
+    load = inflight(server).load
     for name in ENDPOINTS:
         assert (load.requests(name), load.tokens(name), load.prefill_backlog(name)) == (0, 0, 0), name
     running = server.metrics.running_requests.labels(MODEL).value

@@ -43,8 +43,8 @@ def test_pre_request_counts_up_on_the_primary_endpoint_only(create: Any, make_en
     a, b = make_endpoint("a"), make_endpoint("b")
     producer.pre_request(CycleState(), make_request(b"x" * 40, request_id="1"), routed(a, b))
     producer.pre_request(CycleState(), make_request(b"x" * 80, request_id="2"), routed(a))
-    assert (producer.requests("a"), producer.tokens("a")) == (2, 25 + 50)
-    assert (producer.requests("b"), producer.tokens("b")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (2, 25 + 50)
+    assert (producer.load.requests("b"), producer.load.tokens("b")) == (0, 0)
 
 
 def test_response_complete_counts_down_exactly_once(create: Any, make_endpoint: Any, make_request: Any,
@@ -56,15 +56,15 @@ def test_response_complete_counts_down_exactly_once(create: Any, make_endpoint: 
     producer.pre_request(CycleState(), second, routed(a))
     producer.response_complete(first, ResponseInfo(endpoint=a, completed=True))
     producer.response_complete(first, ResponseInfo(endpoint=a, completed=True))  # a repeat is a no-op
-    assert (producer.requests("a"), producer.tokens("a")) == (1, 50)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (1, 50)
     producer.response_complete(second, ResponseInfo(endpoint=a))  # ended early (disconnect)
-    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (0, 0)
 
 
 def test_completing_a_request_that_was_never_routed_changes_nothing(create: Any, make_request: Any) -> None:
     producer = create("inflight-load-producer")
     producer.response_complete(make_request(b"x" * 40), ResponseInfo())
-    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (0, 0)
 
 
 def test_a_changed_body_after_routing_releases_what_was_added(create: Any, make_endpoint: Any, make_request: Any,
@@ -75,7 +75,7 @@ def test_a_changed_body_after_routing_releases_what_was_added(create: Any, make_
     producer.pre_request(CycleState(), request, routed(a))
     request.body["max_tokens"] = 1000  # the estimate would now differ
     producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))
-    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (0, 0)
 
 
 async def test_prepare_data_publishes_a_live_read_only_view_of_the_counts(create: Any, make_endpoint: Any,
@@ -99,9 +99,9 @@ def test_an_endpoint_removed_from_the_pool_forgets_its_counts(make_request: Any,
     request = make_request(b"x" * 40)
     producer.pre_request(CycleState(), request, routed(a))
     pool.replace_all([])
-    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (0, 0)
     producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))
-    assert (producer.requests("a"), producer.tokens("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (0, 0)
 
 
 def test_two_producers_keep_separate_request_state(registry: Any, handle: Any, make_endpoint: Any,
@@ -113,7 +113,7 @@ def test_two_producers_keep_separate_request_state(registry: Any, handle: Any, m
     one.pre_request(CycleState(), request, routed(a))
     two.pre_request(CycleState(), request, routed(a))
     one.response_complete(request, ResponseInfo(endpoint=a))
-    assert (one.requests("a"), two.requests("a")) == (0, 1)
+    assert (one.load.requests("a"), two.load.requests("a")) == (0, 1)
 
 
 def test_inflight_producer_takes_no_parameters(create: Any) -> None:
@@ -137,4 +137,4 @@ def test_a_request_routed_before_an_endpoint_left_and_rejoined_does_not_release_
     new = make_request(b"x" * 80, request_id="new")
     producer.pre_request(CycleState(), new, routed(pool.get("a")))
     producer.response_complete(old, ResponseInfo(completed=True))  # the old request finishes late
-    assert (producer.requests("a"), producer.tokens("a")) == (1, 50)
+    assert (producer.load.requests("a"), producer.load.tokens("a")) == (1, 50)

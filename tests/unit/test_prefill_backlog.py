@@ -25,14 +25,14 @@ def test_a_routed_request_is_backlog_until_its_first_chunk(create: Any, make_end
     a = make_endpoint("a")
     request = make_request(b"x" * 4000)
     producer.pre_request(CycleState(), request, routed(a))
-    assert producer.prefill_backlog("a") == 1000
+    assert producer.load.prefill_backlog("a") == 1000
     producer.response_streaming(request, ResponseInfo(), b"data: first\n\n")
-    assert producer.prefill_backlog("a") == 0
+    assert producer.load.prefill_backlog("a") == 0
     producer.response_streaming(request, ResponseInfo(), b"data: second\n\n")
-    assert producer.prefill_backlog("a") == 0  # only the first chunk releases it
-    assert producer.requests("a") == 1  # still in flight (decoding)
+    assert producer.load.prefill_backlog("a") == 0  # only the first chunk releases it
+    assert producer.load.requests("a") == 1  # still in flight (decoding)
     producer.response_complete(request, ResponseInfo())
-    assert (producer.requests("a"), producer.prefill_backlog("a")) == (0, 0)
+    assert (producer.load.requests("a"), producer.load.prefill_backlog("a")) == (0, 0)
 
 
 def test_a_request_that_ends_before_any_chunk_releases_its_backlog(create: Any, make_endpoint: Any,
@@ -41,7 +41,7 @@ def test_a_request_that_ends_before_any_chunk_releases_its_backlog(create: Any, 
     request = make_request(b"x" * 4000)
     producer.pre_request(CycleState(), request, routed(make_endpoint("a")))
     producer.response_complete(request, ResponseInfo())  # client disconnected while queued
-    assert producer.prefill_backlog("a") == 0
+    assert producer.load.prefill_backlog("a") == 0
 
 
 def test_backlog_excludes_blocks_the_endpoint_already_holds(create: Any, make_endpoint: Any, make_request: Any,
@@ -49,7 +49,7 @@ def test_backlog_excludes_blocks_the_endpoint_already_holds(create: Any, make_en
     producer = create("inflight-load-producer")
     match = PrefixMatch(total_blocks=10, block_size_tokens=16, matches={"a": 8})
     producer.pre_request(cycle_with(producer, match), make_request(b"x" * 640), routed(make_endpoint("a")))
-    assert producer.prefill_backlog("a") == 160 - 8 * 16
+    assert producer.load.prefill_backlog("a") == 160 - 8 * 16
 
 
 @pytest.mark.parametrize(

@@ -76,15 +76,6 @@ class InFlightLoadProducer(BasePlugin):
         self.load = InFlightLoad(self._requests, self._tokens, self._prefill)
         handle.pool.add_listener(self)
 
-    def requests(self, endpoint: str) -> int:
-        return self._requests.get(endpoint, 0)
-
-    def tokens(self, endpoint: str) -> int:
-        return self._tokens.get(endpoint, 0)
-
-    def prefill_backlog(self, endpoint: str) -> int:
-        return self._prefill.get(endpoint, 0)
-
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
         cycle[INFLIGHT_LOAD_KEY] = self.load
 
