@@ -10,6 +10,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from epp.devstack.envoy import envoy_binary, render_bootstrap, repo_bootstrap_path
+from epp.devstack.processes import ManagedProcess, free_port, wait_for_http
+
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Small batches make queues form quickly; 5x faster than real time keeps the suite short.
 SIM_ARGS = ["--max-num-seqs", "4", "--time-scale", "0.2"]
@@ -67,3 +70,15 @@ def wait_until(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Non
 
 def log_of(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_envoy(workdir: Path, extproc_port: int, name: str, **options: object) -> tuple[ManagedProcess, str]:
+    """A second Envoy in front of the same picker, rendered with other options."""
+    port, admin = free_port(), free_port()
+    bootstrap = workdir / f"envoy-{name}.yaml"
+    bootstrap.write_text(render_bootstrap(repo_bootstrap_path(), port, admin, extproc_port, **options))  # type: ignore[arg-type]  # options are render_bootstrap's keywords
+    envoy = ManagedProcess(f"envoy-{name}", [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1",
+                                             "--base-id", str(admin), "--log-level", "warning"],
+                           workdir / f"envoy-{name}.log").start()
+    wait_for_http(f"http://127.0.0.1:{admin}/ready", 30, envoy)
+    return envoy, f"http://127.0.0.1:{port}"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from e2e_support import SIM_ARGS, Reply, completion, post, wait_until  # type: ignore[import-not-found]
+from e2e_support import SIM_ARGS, Reply, completion, post, start_envoy, wait_until  # type: ignore[import-not-found]
 
-from epp.devstack.envoy import CONTROL_REQUEST_HEADERS, envoy_binary, render_bootstrap, repo_bootstrap_path
-from epp.devstack.processes import ManagedProcess, free_port, wait_for_http
+from epp.devstack.envoy import CONTROL_REQUEST_HEADERS
+from epp.devstack.processes import free_port
 from epp.devstack.stack import Stack
 
 CONFORMANCE_CONFIG = (Path(__file__).resolve().parents[2] / "config" / "conformance.yaml").read_text()
@@ -134,18 +134,6 @@ def test_status_contract_body_over_the_limit_is_413(conformance: Stack) -> None:
 def test_status_contract_filters_leaving_nothing_is_429(conformance: Stack) -> None:
     assert send(conformance.url, 1)[0].status == 429  # no selection header: the filter keeps nothing
     assert send(conformance.url, 1, {SELECT: "10.99.99.99"})[0].status == 429
-
-
-def start_envoy(workdir: Path, extproc_port: int, name: str, **options: object) -> tuple[ManagedProcess, str]:
-    """A second Envoy in front of the same picker, rendered with other options."""
-    port, admin = free_port(), free_port()
-    bootstrap = workdir / f"envoy-{name}.yaml"
-    bootstrap.write_text(render_bootstrap(repo_bootstrap_path(), port, admin, extproc_port, **options))  # type: ignore[arg-type]  # options are render_bootstrap's keywords
-    envoy = ManagedProcess(f"envoy-{name}", [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1",
-                                             "--base-id", str(admin), "--log-level", "warning"],
-                           workdir / f"envoy-{name}.log").start()
-    wait_for_http(f"http://127.0.0.1:{admin}/ready", 30, envoy)
-    return envoy, f"http://127.0.0.1:{port}"
 
 
 def test_status_contract_subset_hint_with_no_match_is_503(conformance: Stack, tmp_path: Path) -> None:

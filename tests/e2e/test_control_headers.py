@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from e2e_support import MODEL, SIM_ARGS, Reply, completion, post  # type: ignore[import-not-found]
+from e2e_support import MODEL, SIM_ARGS, Reply, completion, post, start_envoy  # type: ignore[import-not-found]
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -35,11 +35,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp.devstack.envoy import (
     CONTROL_REQUEST_HEADERS,
     TEST_REQUEST_HEADERS,
-    envoy_binary,
-    render_bootstrap,
-    repo_bootstrap_path,
 )
-from epp.devstack.processes import ManagedProcess, free_port, wait_for_http
 from epp.devstack.stack import Stack
 from epp.server import messages
 
@@ -53,17 +49,6 @@ def send(url: str, headers: dict[str, str], count: int = 1) -> list[Reply]:
             return [await post(session, url, completion(f"steer {i}"), headers=headers) for i in range(count)]
 
     return asyncio.run(run())
-
-
-def start_envoy(workdir: Path, extproc_port: int, name: str, **options: object) -> tuple[ManagedProcess, str]:
-    port, admin = free_port(), free_port()
-    bootstrap = workdir / f"envoy-{name}.yaml"
-    bootstrap.write_text(render_bootstrap(repo_bootstrap_path(), port, admin, extproc_port, **options))  # type: ignore[arg-type]  # options are render_bootstrap's keywords
-    envoy = ManagedProcess(f"envoy-{name}", [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1",
-                                             "--base-id", str(admin), "--log-level", "warning"],
-                           workdir / f"envoy-{name}.log").start()
-    wait_for_http(f"http://127.0.0.1:{admin}/ready", 30, envoy)
-    return envoy, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
