@@ -101,6 +101,8 @@ class Director:
     async def handle_request(
         self, ctx: RequestContext, headers: Mapping[str, str], body: bytes, subset: Sequence[str] | None
     ) -> Decision:
+        if ctx.finished:
+            raise InternalError("ext_proc protocol error: the request already ended")
         parsed = self.config.parser.parse_request(headers, body)
         target = parsed.model
         rewrite = headers.get(MODEL_REWRITE_HEADER) if self.honor_rewrite_header else None
@@ -138,7 +140,7 @@ class Director:
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 self._errors.report("pre-request", plugin)
         if self.metrics is not None:
-            model, target = self.metrics.models.labels(request.model, request.target_model)
+            ctx.labels = model, target = self.metrics.models.labels(request.model, request.target_model)
             self.metrics.request_total.labels(model, target, str(request.priority)).inc()
             per_model = self.metrics.for_model(model, target)
             per_model.request_sizes.observe(len(new_body if new_body is not None else body))
@@ -248,7 +250,8 @@ class Director:
         if request is not None:
             if 200 <= ctx.response.status < 300:
                 metrics.models.served(request.model, request.target_model)
-            model, target = metrics.models.labels(request.model, request.target_model)
+            # The routed request keeps the labels it was counted under when it started.
+            model, target = ctx.labels or metrics.models.labels(request.model, request.target_model)
         code = error.code if error is not None else ("ModelServerError" if ctx.response.status >= 400 else "")
         if code:
             metrics.request_error_total.labels(model, target, code).inc()

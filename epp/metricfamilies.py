@@ -21,13 +21,15 @@ memory small whatever clients send:
   is dropped when the family is collected.
 
 "Idle" and "used" are tracked per *collect epoch*, not per update, so updates stay plain
-attribute increments with no clock read. Every ``collect()`` starts a new epoch. A child
-records the epoch and the time of its first lookup in each epoch (one clock read per
-child per scrape). A child not looked up since the last collect is idle: everything it
-counted has already been exported, so dropping it loses nothing Prometheus has not seen
-(its series simply ends, and restarts from zero if the label set comes back, which
-``rate()`` treats as a counter reset). Its ``touched`` time is at most one scrape
-interval older than its real last use, so expiry can come that much early, never late.
+attribute increments with no clock read. Every scrape starts a new epoch (a shared
+``Lifecycle`` is ticked once per scrape by its owner, before the families collect; a
+family with its own lifecycle ticks it itself). A child records the epoch and the time of
+its first lookup in each epoch (one clock read per child per scrape). A child used since
+the previous scrape is never dropped, however long ago that first lookup was: its last
+updates are exported first. A child not looked up since the last collect is idle:
+everything it counted has already been exported, so dropping it loses nothing Prometheus
+has not seen (its series simply ends, and restarts from zero if the label set comes back,
+which ``rate()`` treats as a counter reset).
 
 A gauge child whose value is not zero is never dropped or evicted: it stands for live
 state (e.g. requests in flight), and dropping it would make a later ``dec()`` land on a
@@ -91,6 +93,10 @@ class Lifecycle:
         self.clock = clock
         self.epoch = 0
 
+    def tick(self) -> None:
+        """Start a new epoch: called once per collect, before the families collect."""
+        self.epoch += 1
+
 
 class _Child:
     __slots__ = ("epoch", "touched")
@@ -144,6 +150,9 @@ class _Family(Collector, Generic[_C]):
         self.name = name
         self.doc = doc
         self.labelnames = tuple(labelnames)
+        # A family with its own lifecycle starts each epoch itself; a shared one is ticked
+        # once per collect by its owner (``Lifecycle.tick``), before any family collects.
+        self._owns_lifecycle = lifecycle is None
         self.lifecycle = lifecycle or Lifecycle()
         # A label-less family has one child: nothing to bound, and it must not blink out.
         self.expires = expires and bool(self.labelnames)
@@ -215,13 +224,20 @@ class _Family(Collector, Generic[_C]):
         return False
 
     def _expire(self) -> None:
-        """Start a new epoch; drop children idle for longer than the lifecycle allows."""
+        """Drop children idle for longer than the lifecycle allows.
+
+        A child used since the previous collect (its epoch is the one just closed) holds
+        updates no scrape has seen yet, so it stays however long ago it was first touched.
+        """
         life = self.lifecycle
-        life.epoch += 1
+        if self._owns_lifecycle:
+            life.tick()
         if not self.expires or life.idle_seconds is None:
             return
         cutoff = life.clock() - life.idle_seconds
-        stale = [k for k, c in self._children.items() if c.touched < cutoff and not self._pinned(c)]
+        closing = life.epoch - 1
+        stale = [k for k, c in self._children.items()
+                 if c.touched < cutoff and c.epoch < closing and not self._pinned(c)]
         for values in stale:
             del self._children[values]
 

@@ -110,13 +110,15 @@ def _per_model(what: str) -> str:
     return f"Inference objective {what} for each model and target model."
 
 
-class _CacheReset(Collector):
-    """Empties ``PickerMetrics``' per-model cache (and frees idle provisional model slots)
-    whenever ``/metrics`` is collected."""
+class _EpochTick(Collector):
+    """Starts a new metrics epoch whenever ``/metrics`` is collected: empties
+    ``PickerMetrics``' per-model cache and frees idle provisional model slots."""
 
     def __init__(self, cache: dict[tuple[str, str], ModelMetrics], models: ModelLabels) -> None:
         self.cache = cache
         self.models = models
+        # Registered before every family, so it collects first: one epoch per scrape.
+        self.lifecycle = models.lifecycle
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -124,6 +126,7 @@ class _CacheReset(Collector):
     def collect(self) -> Iterator[Metric]:
         # Entries are stale once any family starts a new epoch; dropping them all keeps the cache
         # from holding children the families have dropped. They are rebuilt on first use.
+        self.lifecycle.tick()
         self.cache.clear()
         self.models.expire()
         return iter(())
@@ -207,7 +210,7 @@ class PickerMetrics:
         self._per_model: dict[tuple[str, str], ModelMetrics] = {}
         self._cache_pruned_epoch = -1
         self.models = ModelLabels(life)
-        r.register(_CacheReset(self._per_model, self.models))
+        r.register(_EpochTick(self._per_model, self.models))
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...],
                       labels: tuple[str, ...] = _MODEL, expires: bool = True) -> HistogramFamily:

@@ -16,7 +16,7 @@ __all__ = ["RequestContext"]
 
 class RequestContext:
     __slots__ = ("request_id", "received_at", "request", "endpoint", "response", "usage", "finished", "restorer",
-                 "running")
+                 "running", "labels")
 
     def __init__(self, request_id: str, received_at: float | None = None) -> None:
         self.request_id = request_id
@@ -31,6 +31,7 @@ class RequestContext:
         # The running-requests gauge this request incremented: the decrement goes to the
         # same child, even if the metric families changed their label sets meanwhile.
         self.running: Value | None = None
+        self.labels: tuple[str, str] | None = None  # the (model, target) metric labels it counts under
 
     def scheduled(self, endpoint: Endpoint) -> None:
         """The request is routed: from now on ``Director.finish`` releases its bookkeeping."""

@@ -43,8 +43,9 @@ stack:
 * no ``x-envoy-*`` header marks a local reply (none is added even without
   ``suppress_envoy_headers``); what tells it apart is the absence of the upstream's
   ``date``/``server`` headers (Envoy adds its own after the filter chain) and the
-  ``text/plain`` body. Both kinds are the endpoint's failure, so both count here and the
-  status-0 case is only for streams that end before any response headers.
+  ``text/plain`` body. Both kinds are the endpoint's failure, so both count here. The
+  director records each request once, at its response headers; a stream that ends before
+  any (the client left, Envoy reset it) is not the endpoint's verdict and is not recorded.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ __all__ = ["NO_RESPONSE", "EjectionPolicy", "PassiveHealth", "is_failure", "outl
 
 log = logging.getLogger(__name__)
 
-NO_RESPONSE = 0  # the status recorded when the stream ended before response headers
+NO_RESPONSE = 0  # no valid status (a caller that knows the endpoint failed to answer may record it)
 
 
 @dataclass(frozen=True, slots=True)

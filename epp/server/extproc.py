@@ -141,7 +141,8 @@ class _Stream:
     """State of one ext_proc stream."""
 
     __slots__ = ("director", "max_body", "budget", "request_mode", "response_mode", "headers", "chunks",
-                 "body_size", "ctx", "subset", "generated_id", "decided", "pending")
+                 "body_size", "ctx", "subset", "generated_id", "decided", "pending", "responded",
+                 "abandoned")
 
     def __init__(self, director: Director, max_body: int, budget: BodyBudget) -> None:
         self.director = director
@@ -159,6 +160,8 @@ class _Stream:
         # Set when the request body is complete: the caller then awaits ``decide()``.
         # Every other message is answered synchronously, without a coroutine per message.
         self.pending: str | None = None
+        self.responded = False  # response headers seen (once per request)
+        self.abandoned = False  # a response came before the request was routed
 
     def handle(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -170,15 +173,28 @@ class _Stream:
         if kind == "request_body":
             if self.ctx is None:
                 raise ProtocolError("request body before request headers")
+            if self.abandoned:
+                raise ProtocolError("request body after a response")
             body = request.request_body
             return self._request_body(body.body, body.end_of_stream)
+        if kind.startswith("response_") and not self.decided:
+            # Envoy's own local reply (a timeout, its buffer limit) can come before the request
+            # is routed: pass it on untouched. The request is never routed after it, so
+            # nothing is held that the stream's end would not release.
+            self.abandoned = True
+            return self._pass_response(request, kind)
         if kind == "response_body":
             return self._response_body(request.response_body.body, request.response_body.end_of_stream)
         if kind == "response_headers":
+            if self.responded:
+                raise ProtocolError("a second set of response headers")
+            self.responded = True
             return self._response_headers(request)
         if kind == "request_trailers":
             if self.ctx is None:
                 raise ProtocolError("request trailers before request headers")
+            if self.abandoned:
+                raise ProtocolError("request trailers after a response")
             if self.decided:
                 return [messages.trailers_response(request=True)]
             return self._request_body(b"", False, trailers=True)
@@ -188,6 +204,16 @@ class _Stream:
             held = messages.streamed_body(tail, False, request=False) if tail else []
             return [*held, messages.trailers_response(request=False)]
         raise InternalError(f"unexpected ext_proc message {kind!r}")
+
+    def _pass_response(self, request: pb.ProcessingRequest, kind: str) -> list[pb.ProcessingResponse]:
+        if kind == "response_headers":
+            return [messages.continue_response_headers()]
+        if kind == "response_body":
+            body = request.response_body
+            if self.response_mode == _FULL_DUPLEX:
+                return messages.streamed_body(body.body, body.end_of_stream, request=False)
+            return [messages.continue_response_body()]
+        return [messages.trailers_response(request=False)]
 
     def _request_headers(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self.ctx is not None:

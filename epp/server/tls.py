@@ -133,7 +133,7 @@ class CertificateReloader:
             if current in (self._loaded, self._rejected):
                 return None
             pair = load_key_pair(self.cert_dir)
-        except (OSError, ConfigError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any bad pair (even a key type cryptography lacks) keeps the old one
             try:
                 self._rejected = _signature(self.cert_dir)
             except OSError:

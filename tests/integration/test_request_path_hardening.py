@@ -269,3 +269,40 @@ async def test_debug_state_shows_every_per_request_structure_back_to_idle(tracke
     assert state["decisionLog"] == {"traces": 2, "ids": 2}
     assert state["metrics"]["servedModels"] == 1
     assert state["metrics"]["labelSets"]["inference_objective_running_requests"] == 1
+
+
+@pytest.mark.parametrize("early", ["headers", "body"])
+async def test_a_request_body_after_an_early_response_is_refused_and_leaves_nothing_held(
+        tracked: PickerServer, early: str) -> None:
+    from epp.testing.envoy_stream import response_headers_message
+
+    async with ExtProcClient(f"127.0.0.1:{tracked.grpc_port}") as client:
+        stream = client.stream()
+        await stream.send(request_headers_message(headers()))
+        premature = (response_headers_message({}, end_of_stream=True) if early == "headers"
+                     else body_message(b"x", end_of_stream=True, request=False))
+        await stream.send(premature)
+        await stream.send(body_message(completion(), end_of_stream=True))
+        passed = await stream.wait_for(lambda r: r.HasField("response_headers") or r.HasField("response_body"))
+        assert passed is not None  # Envoy's own early reply goes on untouched
+        refused = await stream.wait_for(lambda r: r.HasField("immediate_response"))
+        assert refused is not None and b"request body after a response" in refused.immediate_response.body
+        await stream.abort()
+    await wait_idle(tracked)
+
+
+async def test_repeated_response_headers_cannot_eject_an_endpoint(tracked: PickerServer) -> None:
+    from epp.testing.envoy_stream import response_headers_message
+
+    async with ExtProcClient(f"127.0.0.1:{tracked.grpc_port}") as client:
+        stream = client.stream()
+        await stream.send(request_headers_message(headers()))
+        await stream.send(body_message(completion(), end_of_stream=True))
+        assert await stream.wait_for(lambda r: r.HasField("request_headers")) is not None
+        for _ in range(6):
+            await stream.send(response_headers_message({":status": "500"}))
+        refused = await stream.wait_for(lambda r: r.HasField("immediate_response"))
+        assert refused is not None and b"second set of response headers" in refused.immediate_response.body
+        await stream.abort()
+    await wait_idle(tracked)
+    assert tracked.debug_state()["ejectedEndpoints"] == 0

@@ -222,3 +222,22 @@ def test_provisional_slots_free_up_after_the_idle_time() -> None:
     clock.now += IDLE + 1
     scrape(metrics, as_text=False)
     assert metrics.models.labels("new-model", "new-model") == ("new-model", "new-model")
+
+
+def test_counts_made_since_the_last_scrape_are_exported_however_long_the_scrape_gap() -> None:
+    clock = FakeClock()
+    metrics = PickerMetrics(idle_seconds=IDLE, clock=clock)
+    for _ in range(100):  # one request every 10 s, no scrape for 1,000 s
+        metrics.request_total.labels("a", "a", "0").inc()
+        clock.now += 10
+    samples = scrape(metrics)["inference_objective_request_total"]
+    assert samples == [({"model_name": "a", "target_model_name": "a", "priority": "0"}, 100.0)]
+    clock.now += IDLE + 1
+    assert "inference_objective_request_total" not in scrape(metrics)  # idle since that scrape: gone
+
+
+def test_one_scrape_starts_one_epoch() -> None:
+    metrics = PickerMetrics(idle_seconds=IDLE, clock=FakeClock())
+    before = metrics.lifecycle.epoch
+    scrape(metrics, as_text=False)
+    assert metrics.lifecycle.epoch == before + 1
