@@ -137,12 +137,23 @@ def _served_endpoint(request: pb.ProcessingRequest) -> str:
     return str(namespace.fields[SERVED_KEY].string_value)[:_MAX_SERVED_LENGTH]
 
 
+def _ends_exchange(request: pb.ProcessingRequest, kind: str | None) -> bool:
+    """Whether ``request`` is the last message Envoy sends on the stream: the response is complete."""
+    if kind == "response_trailers":
+        return True
+    if kind == "response_body":
+        return bool(request.response_body.end_of_stream)
+    if kind == "response_headers":
+        return bool(request.response_headers.end_of_stream)
+    return False
+
+
 class _Stream:
     """State of one ext_proc stream."""
 
     __slots__ = ("director", "max_body", "budget", "request_mode", "response_mode", "headers", "chunks",
                  "body_size", "ctx", "subset", "generated_id", "decided", "pending", "responded",
-                 "abandoned")
+                 "abandoned", "exchange_done")
 
     def __init__(self, director: Director, max_body: int, budget: BodyBudget) -> None:
         self.director = director
@@ -162,9 +173,12 @@ class _Stream:
         self.pending: str | None = None
         self.responded = False  # response headers seen (once per request)
         self.abandoned = False  # a response came before the request was routed
+        self.exchange_done = False  # the last message Envoy sends has been answered: end the stream
 
     def handle(self, request: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         kind = request.WhichOneof("request")
+        # Not after an early reply (``abandoned``): a message out of order must still be refused.
+        self.exchange_done = self.decided and _ends_exchange(request, kind)
         if kind == "request_headers":
             if request.HasField("protocol_config"):
                 self.request_mode = request.protocol_config.request_body_mode
@@ -353,6 +367,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
                     return
                 for response in responses:
                     yield response
+                if stream.exchange_done:
+                    # Envoy ends an ext_proc stream by half-closing it and resetting it at once
+                    # (RST_STREAM CANCEL); grpc.aio leaks native memory for each batch that fails
+                    # on a cancelled call (grpc/grpc#43360), a few hundred bytes per request.
+                    # Finishing the call first, with OK, leaves nothing to cancel.
+                    return
         finally:
             stream.release_body()
             if stream.ctx is not None:
