@@ -26,6 +26,7 @@ import reprlib
 from typing import Any, ClassVar
 
 __all__ = [
+    "MAX_SHOWN",
     "BadRequest",
     "ConfigError",
     "Forbidden",
@@ -36,6 +37,8 @@ __all__ = [
     "ResourceExhausted",
     "ServiceUnavailable",
     "Unauthorized",
+    "bounded_repr",
+    "clip",
 ]
 
 
@@ -89,17 +92,25 @@ class ServiceUnavailable(PickerError):
     code = "ServiceUnavailable"
 
 
-_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
-_SHOWN.maxlevel = 3
-_SHOWN.maxstring = _SHOWN.maxother = 100
-_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 6
+# Longest value shown in an error message.
+MAX_SHOWN = 100
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+_REPR.maxlong = 40
+for _attr in ("maxdict", "maxlist", "maxtuple", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_REPR, _attr, 6)
 
 
-def _bounded_repr(value: Any) -> str:
-    """A value as shown in an error: at most 100 characters, never a walk of a whole graph
-    (a YAML alias bomb's repr would expand it; a client's 64 MiB string would be logged)."""
-    text = _SHOWN.repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` when cut."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def bounded_repr(value: Any) -> str:
+    """A value as shown in an error: at most ``MAX_SHOWN`` characters, never a walk of a whole
+    graph (a YAML alias bomb's repr would expand it; a client's 64 MiB string would be logged)."""
+    return clip(_REPR.repr(value), MAX_SHOWN)
 
 
 class ConfigError(ValueError):
@@ -115,7 +126,7 @@ class ConfigError(ValueError):
         self.field = field
         self.reason = reason
         self.value = value
-        super().__init__(f"{field}: {reason}{'' if value is None else f' (got {_bounded_repr(value)})'}")
+        super().__init__(f"{field}: {reason}{'' if value is None else f' (got {bounded_repr(value)})'}")
 
 
 class PayloadTooLarge(PickerError):

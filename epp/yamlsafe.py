@@ -22,7 +22,6 @@ digits are strings.
 from __future__ import annotations
 
 import re
-import reprlib
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,13 +33,12 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from epp.errors import ConfigError
+from epp.errors import MAX_SHOWN, ConfigError, bounded_repr, clip
 
 __all__ = ["MAX_ALIAS_NODES", "MAX_DEPTH", "MAX_SHOWN", "Shown", "bounded_repr", "load", "shown"]
 
 MAX_ALIAS_NODES = 10_000
 MAX_DEPTH = 100
-MAX_SHOWN = 100
 
 try:  # libyaml's parser is ~5x faster; composing stays in Python so that it can be bounded
     from yaml._yaml import CParser as _Parser
@@ -182,29 +180,11 @@ def load(text: str, where: str) -> Any:
 def _describe(exc: yaml.YAMLError) -> str:
     """The problem and where it is, on one line (PyYAML's own text quotes the source line)."""
     if not isinstance(exc, MarkedYAMLError):
-        return _clip(str(exc), 300)
+        return clip(str(exc), 300)
     text = " ".join(part for part in (exc.context, exc.problem) if part)
     mark = exc.problem_mark or exc.context_mark
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return _clip(text or type(exc).__name__, 300) + where
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel = 3
-_REPR.maxstring = MAX_SHOWN
-_REPR.maxother = MAX_SHOWN
-_REPR.maxlong = 40
-for _attr in ("maxdict", "maxlist", "maxtuple", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
-    setattr(_REPR, _attr, 6)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def bounded_repr(value: Any) -> str:
-    """``repr`` of at most ``MAX_SHOWN`` characters that never walks more than a few levels of a graph."""
-    return _clip(_REPR.repr(value), MAX_SHOWN)
+    return clip(text or type(exc).__name__, 300) + where
 
 
 class Shown:

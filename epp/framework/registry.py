@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epp.errors import ConfigError
+from epp.errors import ConfigError, bounded_repr
 from epp.framework.datalayer import DataSource, Extractor
 from epp.framework.params import decode_params, field_key
 from epp.framework.parsing import Parser
@@ -128,7 +128,7 @@ class Registry:
         spec = self._specs.get(type_name)
         if spec is None:
             known = ", ".join(sorted(self._specs))
-            raise ConfigError(f"{where}.type", f"unknown plugin type {type_name!r} (registered: {known})")
+            raise ConfigError(f"{where}.type", f"unknown plugin type {bounded_repr(type_name)} (registered: {known})")
         params_cls = spec.cls.PARAMS
         params: object | None
         if params_cls is None:

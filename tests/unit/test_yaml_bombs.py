@@ -192,3 +192,17 @@ def test_not_yaml_at_all_is_a_config_error() -> None:
         load("a: \x00\n", "pool.yaml")
     assert err.value.field == "pool.yaml"
     assert "not valid YAML" in err.value.reason
+
+
+def test_an_unknown_plugin_type_of_any_length_gives_a_bounded_message() -> None:
+    from epp.config.loader import load_config
+    from epp.datalayer.pool import EndpointPool
+    from epp.errors import ConfigError
+    from epp.framework.plugin import Handle
+    from epp.plugins import default_registry
+
+    text = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: " + "x" * 5000
+    with pytest.raises(ConfigError) as caught:
+        load_config(text, default_registry(), Handle(pool=EndpointPool()), None)
+    assert caught.value.field == "plugins[0].type"
+    assert len(str(caught.value)) < 1000
