@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from epp.errors import ConfigError
-from epp.framework.params import Duration, parse_duration
+from epp.framework.params import Duration, finite_float, parse_duration
 from epp.yamlsafe import bounded_repr, shown
 from epp.yamlsafe import load as load_yaml
 
@@ -188,11 +188,10 @@ def _profiles(raw: Any) -> tuple[ProfileSpec, ...]:
             ref_where = f"{where}.plugins[{j}]"
             ref = _mapping(ref, ref_where, frozenset({"pluginRef", "weight"}), ("pluginRef",))
             weight = ref.get("weight")
-            if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
-                                       or not math.isfinite(weight)):
+            number = None if weight is None else finite_float(weight)
+            if weight is not None and number is None:
                 raise ConfigError(f"{ref_where}.weight", "expected a finite number", shown(weight))
-            refs.append(ProfileEntry(_str(ref["pluginRef"], f"{ref_where}.pluginRef"),
-                                     None if weight is None else float(weight), ref_where))
+            refs.append(ProfileEntry(_str(ref["pluginRef"], f"{ref_where}.pluginRef"), number, ref_where))
         profiles.append(ProfileSpec(name, tuple(refs), where))
     return tuple(profiles)
 
@@ -243,8 +242,8 @@ def _saturation_detector(raw: Any) -> str | None:
         section = _mapping(raw, "saturationDetector", _LEGACY_SATURATION)
         for key in ("queueDepthThreshold", "kvCacheUtilThreshold"):
             value = section.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not math.isfinite(value) or value < 0):
+            number = None if value is None else finite_float(value)
+            if value is not None and (number is None or number < 0):
                 raise ConfigError(f"saturationDetector.{key}", "expected a non-negative number", shown(value))
         if "metricsStalenessThreshold" in section:
             _duration(section["metricsStalenessThreshold"], "saturationDetector.metricsStalenessThreshold")

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from epp.errors import ConfigError
 
-__all__ = ["Duration", "decode_params", "field_key", "parse_duration", "require"]
+__all__ = ["Duration", "decode_params", "field_key", "finite_float", "parse_duration", "require"]
 
 T = TypeVar("T")
 
@@ -37,11 +37,29 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def finite_float(value: Any) -> float | None:
+    """``value`` as a float when it is a number (not a bool) a float can hold finitely, else None.
+
+    YAML and JSON numbers can be NaN, infinite or integers with hundreds of digits (which
+    ``float()`` refuses with OverflowError); a Go config can hold none of them.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def parse_duration(value: Any, where: str) -> Duration:
     if isinstance(value, bool):
         raise ConfigError(where, "expected a duration such as '200ms' or '5s'", value)
     if isinstance(value, int | float):
-        seconds = float(value)
+        number = finite_float(value)
+        if number is None:
+            raise ConfigError(where, "duration must be finite", value)
+        seconds = number
     elif isinstance(value, str):
         text = value.strip()
         if text == "0":
@@ -113,7 +131,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(where, "expected a number", value)
-        return float(value)
+        number = finite_float(value)
+        if number is None:
+            raise ConfigError(where, "expected a finite number", value)
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(where, "expected an integer", value)

@@ -201,8 +201,30 @@ def test_an_unknown_plugin_type_of_any_length_gives_a_bounded_message() -> None:
     from epp.framework.plugin import Handle
     from epp.plugins import default_registry
 
-    text = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: " + "x" * 5000
+    text = ("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: "
+            + "x" * 5000)
     with pytest.raises(ConfigError) as caught:
-        load_config(text, default_registry(), Handle(pool=EndpointPool()), None)
+        load_config(text, default_registry(), Handle(pool=EndpointPool()))
     assert caught.value.field == "plugins[0].type"
     assert len(str(caught.value)) < 1000
+
+
+@pytest.mark.parametrize("field", ["weight", "threshold", "duration"])
+def test_a_400_digit_number_is_a_config_error_not_an_overflow(field: str) -> None:
+    from epp.config.loader import load_config
+    from epp.datalayer.pool import EndpointPool
+    from epp.errors import ConfigError
+    from epp.framework.plugin import Handle
+    from epp.plugins import default_registry
+
+    huge = "1" + "0" * 400
+    texts = {
+        "weight": f"schedulingProfiles:\n- name: d\n  plugins:\n  - pluginRef: queue-scorer\n    weight: {huge}\n",
+        "threshold": f"saturationDetector:\n  queueDepthThreshold: {huge}\n",
+        "duration": f"saturationDetector:\n  metricsStalenessThreshold: {huge}\n",
+    }
+    text = ("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+            "plugins:\n- type: queue-scorer\n" + texts[field])
+    with pytest.raises(ConfigError) as caught:
+        load_config(text, default_registry(), Handle(pool=EndpointPool()))
+    assert "finite" in str(caught.value) or "non-negative" in str(caught.value)
