@@ -37,10 +37,11 @@ class FaultState:
     Concurrency: event-loop owned; ``set`` wakes every request parked by ``hang``.
     """
 
-    __slots__ = ("mode", "_released")
+    __slots__ = ("mode", "parked", "_released")
 
     def __init__(self) -> None:
         self.mode = FaultMode.OK
+        self.parked = 0  # requests held by ``hang`` right now (tests wait on it, not on a sleep)
         self._released = asyncio.Event()
         self._released.set()
 
@@ -53,5 +54,11 @@ class FaultState:
 
     async def wait_released(self) -> None:
         """Block while the mode is ``hang``."""
-        while self.mode is FaultMode.HANG:
-            await self._released.wait()
+        if self.mode is not FaultMode.HANG:
+            return
+        self.parked += 1
+        try:
+            while self.mode is FaultMode.HANG:
+                await self._released.wait()
+        finally:
+            self.parked -= 1

@@ -11,7 +11,8 @@ vLLM routes:
 Simulator routes (not in vLLM):
 
 * ``POST /sim/fault`` ``{"mode": "ok" | "hang" | "error" | "down"}``: switch the fault mode
-  (``faults.py``); answers ``{"mode": ...}``. ``GET /sim/fault`` reads it.
+  (``faults.py``); answers ``{"mode": ...}``. ``GET /sim/fault`` reads it, with ``parked``:
+  the requests ``hang`` holds right now.
 * ``GET /sim/stats``: the ``SimStats`` snapshot as JSON.
 """
 
@@ -84,7 +85,8 @@ class ControlRoutes:
         return web.Response(body=orjson.dumps({"mode": mode.value}), content_type="application/json")
 
     async def get_fault(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"mode": self._ctx.fault.mode.value}),
+        fault = self._ctx.fault
+        return web.Response(body=orjson.dumps({"mode": fault.mode.value, "parked": fault.parked}),
                             content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:

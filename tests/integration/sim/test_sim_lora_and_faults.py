@@ -89,10 +89,14 @@ async def test_fault_hang_holds_requests_until_ok(sim_server_factory, http: aioh
     body = {"prompt": "x", "max_tokens": 2}
     pending = asyncio.create_task(post_json(http, server.url + "/v1/completions", body))
     metrics = asyncio.create_task(scrape(http, server.url))
-    await asyncio.sleep(0.3)
+    for _ in range(500):  # until both are parked: proof they reached the server and are held
+        async with http.get(server.url + "/sim/fault") as response:
+            state = await response.json()
+        if state["parked"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert state == {"mode": "hang", "parked": 2}
     assert not pending.done() and not metrics.done()
-    async with http.get(server.url + "/sim/fault") as response:
-        assert (await response.json()) == {"mode": "hang"}
     await post_json(http, server.url + "/sim/fault", {"mode": "ok"})
     status, _ = await pending
     assert status == 200
