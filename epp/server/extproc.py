@@ -191,6 +191,8 @@ class _Stream:
                 raise ProtocolError("request body after a response")
             body = request.request_body
             return self._request_body(body.body, body.end_of_stream)
+        if kind is None:
+            raise ProtocolError("a message without a request or response part")
         if kind.startswith("response_") and not self.decided:
             # Envoy's own local reply (a timeout, its buffer limit) can come before the request
             # is routed: pass it on untouched. The request is never routed after it, so

@@ -306,3 +306,16 @@ async def test_repeated_response_headers_cannot_eject_an_endpoint(tracked: Picke
         await stream.abort()
     await wait_idle(tracked)
     assert tracked.debug_state()["ejectedEndpoints"] == 0
+
+
+async def test_an_empty_ext_proc_message_is_a_protocol_error(tracked: PickerServer,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    async with ExtProcClient(f"127.0.0.1:{tracked.grpc_port}") as client:
+        stream = client.stream()
+        await stream.send(pb.ProcessingRequest())
+        refused = await stream.wait_for(lambda r: r.HasField("immediate_response"))
+        await stream.abort()
+    assert refused is not None and b"without a request or response part" in refused.immediate_response.body
+    assert not [r for r in caplog.records if r.exc_info]
