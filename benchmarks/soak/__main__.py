@@ -11,7 +11,8 @@ Reported: the picker's RSS after warm-up and at the end (and along the way), the
 every per-key structure it exposes (metric label sets per family, prefix index, decision
 log, and ``/debug/state`` when served), what is still held once traffic stops (running
 gauge, dispatch estimates), and answers by request kind and status. The aim: RSS growth
-under 10% after warm-up, and nothing held at the end.
+under 10% after warm-up, and nothing held at the end. The default config
+(``config.yaml`` here) caps the prefix index so that it is full after the warm-up.
 
     python -m benchmarks.soak [--requests 100000] [--concurrency 32] [--max-seconds 1800]
         [--seed 1] [--json FILE] [--config EndpointPickerConfig.yaml]
@@ -36,6 +37,7 @@ from benchmarks.soak.mix import MODELS, Planned, plan
 from benchmarks.soak.probe import Snapshot, rss_kib, wait_idle
 from epp.devstack.stack import Stack
 
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 SIM_ARGS = ["--max-num-seqs", "32", "--time-scale", "0.02", "--served-model-name", *MODELS]
 REQUEST_TIMEOUT = 30.0
 
@@ -165,17 +167,20 @@ def print_report(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--warmup", type=int, default=5_000, help="requests before the start figures (at most N/2)")
+    parser.add_argument("--warmup", type=int, default=30_000,
+                        help="requests before the start figures (at most N/2)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop sending after this long")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the report here")
-    parser.add_argument("--config", type=Path, help="EndpointPickerConfig for the picker (default: built-in)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="EndpointPickerConfig for the picker (default: benchmarks/soak/config.yaml, the "
+                             "default profile with a prefix index that fills during the warm-up)")
     parser.add_argument("--workdir", type=Path, help="keep the stack's logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="epp-soak-"))
-    config = args.config.read_text() if args.config else None
+    config = args.config.read_text()
     with Stack(workdir, args.replicas, sim_args=SIM_ARGS, picker_args=["--log-level", "warning"],
                config_text=config) as stack:
         report = asyncio.run(Run(stack, args).main())
