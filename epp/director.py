@@ -1,9 +1,14 @@
 """The director: the request lifecycle, in one place and in this order.
 
-1. parse (parser plugin; 400 on bad input)  2. model-name rewrite
-3. admission (pass-through until flow control lands)  4. candidates (pool ∩ subset hint; 503)
+1. parse (parser plugin; 400 on bad input)  2. model-name rewrite (the new body is the
+original bytes with only the model value changed)  3. admission (pass-through until flow
+control lands)  4. candidates (pool ∩ subset hint; 503; ready and not ejected first)
 5. prepare data (data producers)  6. admitter plugins  7. schedule (profiles; 429 when
-all filtered out)  8. pre-request plugins  9. repackage (new body only if the model changed)
+all filtered out)  8. pre-request plugins (dispatch accounting last)  9. request metrics,
+and the body released
+
+Everything that can fail comes before step 8; from there on nothing raises, and
+``finish`` releases exactly what steps 8 and 9 recorded.
 
 Then, per response: response-received → response-streaming (per chunk) →
 response-complete (exactly once, also when the stream ends early).
@@ -140,9 +145,9 @@ class Director:
             except Exception:  # noqa: BLE001 - bookkeeping must not fail a routed request
                 self._errors.report("pre-request", plugin)
         if self.metrics is not None:
-            ctx.labels = model, target = self.metrics.models.labels(request.model, request.target_model)
-            self.metrics.request_total.labels(model, target, str(request.priority)).inc()
-            per_model = self.metrics.for_model(model, target)
+            ctx.labels = labels = self.metrics.models.labels(request.model, request.target_model)
+            self.metrics.request_total.labels(*labels, str(request.priority)).inc()
+            per_model = self.metrics.for_model(*labels)
             per_model.request_sizes.observe(len(new_body if new_body is not None else body))
             ctx.running = per_model.running
             ctx.running.inc()
