@@ -253,8 +253,17 @@ async def test_debug_endpoints_is_valid_json_when_a_server_reports_nan(start_pic
     status, headers, text = await get(f"http://127.0.0.1:{server.metrics_port}/debug/endpoints")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     endpoint = strict_loads(text)["endpoints"][0]
-    assert endpoint["metrics"]["kvCacheUsagePercent"] is None
+    # The extractor refuses the NaN gauge (it keeps the last good value, none yet: 0.0)...
+    assert endpoint["metrics"]["kvCacheUsagePercent"] == 0.0
     assert endpoint["metrics"]["runningRequestsSize"] == 1
+
+
+def test_admin_json_writes_non_finite_numbers_as_null() -> None:
+    # ...and whatever non-finite number still reaches a debug view is written as null.
+    from epp.server.admin import strict_json
+
+    text = strict_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    assert strict_loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
 
 
 async def test_debug_decisions_is_valid_json_when_a_score_is_nan(start_picker: PickerFactory,

@@ -308,3 +308,19 @@ def test_built_through_the_registry_it_reads_scraped_series(create: Any) -> None
     extractor = create("core-metrics-extractor")
     assert isinstance(extractor, CoreMetricsExtractor)
     assert extractor.input_type() is ScrapedSeries
+
+
+def test_a_nan_or_infinite_series_counts_as_missing_and_the_others_still_apply(
+    make_extractor: Any, make_endpoint: Any
+) -> None:
+    extractor = make_extractor()
+    ep = make_endpoint("e", waiting_queue_size=7, running_requests_size=8, kv_cache_usage_percent=0.5,
+                       update_time=1.0)
+    page = ('vllm:num_requests_running 5\nvllm:num_requests_waiting NaN\nvllm:kv_cache_usage_perc +Inf\n'
+            'vllm:cache_config_info{block_size="16",num_gpu_blocks="+Inf"} 1\n')
+    with pytest.raises(ExtractionError) as err:
+        extractor.extract(scrape(extractor, page, ep), ep)
+    assert str(err.value) == ("engine vllm: series missing or malformed: "
+                              "vllm:num_requests_waiting, vllm:kv_cache_usage_perc")
+    assert ep.metrics == Metrics(waiting_queue_size=7, running_requests_size=5, kv_cache_usage_percent=0.5,
+                                 cache_block_size=16, update_time=100.0)

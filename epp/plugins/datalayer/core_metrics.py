@@ -19,6 +19,7 @@ servers without LoRA and are not errors.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -128,9 +129,11 @@ class CoreMetricsExtractor(BasePlugin):
         ):
             if spec is None:
                 continue
-            samples = _matching(data, spec)
-            if samples:
-                updates[attr] = combine([s.value for s in samples])
+            # NaN and infinities parse (the exposition format allows them) but count as no value:
+            # one bad series must not stop the others from being applied.
+            values = [s.value for s in _matching(data, spec) if math.isfinite(s.value)]
+            if values:
+                updates[attr] = combine(values)
             else:
                 missing.append(str(spec))
         if engine.lora is not None and (samples := _matching(data, engine.lora)):
@@ -141,7 +144,7 @@ class CoreMetricsExtractor(BasePlugin):
             if max_lora:
                 try:
                     updates["max_active_models"] = int(float(max_lora))
-                except ValueError:
+                except (ValueError, OverflowError):
                     missing.append(f"{engine.lora} (max_lora={max_lora!r} is not a number)")
         self._cache_info(data, engine, updates)
         if updates:
@@ -158,8 +161,8 @@ class CoreMetricsExtractor(BasePlugin):
             for attr, label in (("cache_block_size", engine.block_size_label),
                                 ("cache_num_blocks", engine.num_blocks_label)):
                 if label and label in labels:
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError, OverflowError):
                         updates[attr] = int(float(labels[label]))
         for attr, spec in (("cache_block_size", engine.block_size), ("cache_num_blocks", engine.num_blocks)):
-            if spec is not None and (samples := _matching(data, spec)):
+            if spec is not None and (samples := _matching(data, spec)) and math.isfinite(samples[0].value):
                 updates[attr] = int(samples[0].value)
