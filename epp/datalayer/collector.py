@@ -9,12 +9,18 @@ Failure handling: a failed scrape leaves the endpoint's metrics untouched (their
 ``update_time`` ages). Failures and recoveries are logged once per transition, not per
 tick. After ``unready_after`` consecutive failed ticks the endpoint is marked not ready,
 so new requests avoid a server that stopped answering; one success makes it ready again.
+
+Dispatch estimates (``epp.datalayer.dispatch``): each fetch's start time is set on the
+endpoint while its page is extracted, so a page fetched from before a dispatch keeps that
+dispatch's estimate on top; every tick, success or not, ends by expiring the dispatches no
+page settled within ``estimate_ttl``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -63,12 +69,17 @@ class Collector:
         interval: float = 0.05,
         timeout: float = 1.0,
         unready_after: int = 3,
+        estimate_ttl: float | None = None,
     ) -> None:
         self.pool = pool
         self.bindings = tuple(bindings)
         self.interval = interval
         self.timeout = timeout
         self.unready_after = unready_after
+        # A dispatch waits at most one interval (plus one for a late tick) for a fetch to
+        # start after it, and that fetch takes at most the timeout: any older estimate is one
+        # no page will ever settle.
+        self.estimate_ttl = 2 * interval + timeout if estimate_ttl is None else estimate_ttl
         self._group: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, _State] = {}
@@ -91,6 +102,7 @@ class Collector:
     def endpoint_added(self, endpoint: Endpoint) -> None:
         if self._group is None or endpoint.name in self._tasks:
             return
+        endpoint.dispatch_ttl = self.estimate_ttl
         poll = self._poll(endpoint)
         try:
             self._tasks[endpoint.name] = self._group.create_task(poll, name=f"scrape {endpoint.name}")
@@ -124,6 +136,7 @@ class Collector:
     async def _tick(self, endpoint: Endpoint, state: _State) -> None:
         error = ""
         for binding in self.bindings:
+            fetch_started = time.monotonic()
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation that races with the scrape finishing (bpo-42130), which
@@ -136,8 +149,13 @@ class Collector:
             except Exception as exc:  # noqa: BLE001 - any source failure is a failed scrape
                 error = str(exc) or type(exc).__name__
                 continue
-            for extractor in binding.extractors:
-                self._extract(extractor, data, endpoint, state)
+            endpoint.fetch_started = fetch_started
+            try:
+                for extractor in binding.extractors:
+                    self._extract(extractor, data, endpoint, state)
+            finally:
+                endpoint.fetch_started = math.inf
+        endpoint.expire_dispatches(time.monotonic())
         if error:
             self._failed(endpoint, state, error)
         else:

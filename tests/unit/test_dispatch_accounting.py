@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from epp.datalayer.collector import Collector, SourceBinding
 from epp.datalayer.dispatch import account_dispatch
-from epp.datalayer.endpoint import Metrics
+from epp.datalayer.endpoint import Endpoint, EndpointMetadata, Metrics
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.promtext import Sample
 from epp.framework.plugin import Handle
@@ -79,3 +82,112 @@ def test_the_dispatch_accounting_plugin_counts_the_routed_primary_less_its_cache
     DispatchAccounting().pre_request(cycle, request, routed(primary, other))
     assert (primary.metrics.waiting_queue_size, other.metrics.waiting_queue_size) == (1, 0)
     assert primary.metrics.kv_cache_usage_percent == pytest.approx((4000 - 1600) / 16_000)
+
+
+def test_estimates_stop_growing_when_pages_lack_the_queue_series(make_endpoint: Any) -> None:
+    # They used to grow with every dispatch until a page carried a wanted series again.
+    ep = make_endpoint("a")
+    ep.metrics = scraped(waiting_queue_size=1)
+    ep.dispatch_ttl = 1.0
+    for i in range(40):  # 10 s of dispatches, four a second, and no page settles any
+        account_dispatch(ep, prompt_bytes=400, now=i * 0.25)
+    assert ep.metrics.waiting_queue_size == 1 + 5  # the ones of the last second only
+    ep.expire_dispatches(now=39 * 0.25 + 0.5)
+    assert ep.metrics.waiting_queue_size == 1 + 3
+    ep.expire_dispatches(now=39 * 0.25 + 1.25)
+    assert ep.metrics == ep.scraped_metrics  # nothing routed within a second: the scrape alone
+
+
+def test_kv_estimates_expire_with_their_dispatches(make_endpoint: Any) -> None:
+    ep = make_endpoint("a")
+    ep.metrics = scraped(kv_cache_usage_percent=0.5)
+    ep.dispatch_ttl = 1.0
+    account_dispatch(ep, prompt_bytes=16_000, now=10.0)  # 4000 of 16000 tokens
+    account_dispatch(ep, prompt_bytes=16_000, now=10.5)
+    assert ep.metrics.kv_cache_usage_percent == 1.0
+    ep.expire_dispatches(now=11.25)
+    assert ep.metrics.kv_cache_usage_percent == pytest.approx(0.75)
+
+
+QUEUE = "vllm:num_requests_waiting"
+
+
+def page(waiting: int | None) -> ScrapedSeries:
+    """A vLLM page; ``None``: a page without the queue series, or any other the extractor reads."""
+    if waiting is None:
+        return ScrapedSeries()
+    return ScrapedSeries({QUEUE: [Sample({}, float(waiting))], "vllm:num_requests_running": [Sample({}, 0.0)],
+                          "vllm:kv_cache_usage_perc": [Sample({}, 0.0)]})
+
+
+class ScriptedSource:
+    """Each fetch waits for the test to hand it its page, so the test decides what happens mid-fetch."""
+
+    def __init__(self) -> None:
+        self.pages: asyncio.Queue[ScrapedSeries] = asyncio.Queue()
+        self.fetches = 0
+        self.fetch_started = asyncio.Event()
+
+    def output_type(self) -> type:
+        return ScrapedSeries
+
+    def bind_extractors(self, extractors: list[Any]) -> None:
+        return None
+
+    async def collect(self, endpoint: Endpoint) -> ScrapedSeries:
+        self.fetches += 1
+        self.fetch_started.set()
+        return await self.pages.get()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def next_fetch(self) -> None:
+        """Wait until the collector has applied the previous page and started the next fetch."""
+        self.fetch_started.clear()
+        await asyncio.wait_for(self.fetch_started.wait(), timeout=10)
+
+
+async def scraping(source: ScriptedSource, ttl: float) -> tuple[Endpoint, asyncio.Task[None]]:
+    pool = EndpointPool()
+    pool.replace_all([EndpointMetadata("a", "127.0.0.1", 8000, 8000)])
+    ep = pool.get("a")
+    assert ep is not None
+    ep.metrics = scraped(waiting_queue_size=1)
+    extractor = CoreMetricsExtractor("core", None, Handle(pool=pool))
+    collector = Collector(pool, [SourceBinding(source, (extractor,))], interval=0.001, timeout=30,
+                          estimate_ttl=ttl)
+    return ep, asyncio.create_task(collector.run())
+
+
+async def test_a_page_fetched_before_a_dispatch_does_not_erase_its_estimate() -> None:
+    source = ScriptedSource()
+    ep, task = await scraping(source, ttl=60)
+    try:
+        account_dispatch(ep, prompt_bytes=400)  # before the fetch: the page will show it
+        await asyncio.wait_for(source.fetch_started.wait(), timeout=10)
+        account_dispatch(ep, prompt_bytes=400)  # while the page is on its way: it may not
+        source.pages.put_nowait(page(waiting=2))
+        await source.next_fetch()
+        assert (ep.scraped_metrics.waiting_queue_size, ep.metrics.waiting_queue_size) == (2, 3)
+        source.pages.put_nowait(page(waiting=3))  # fetched after both dispatches
+        await source.next_fetch()
+        assert (ep.scraped_metrics.waiting_queue_size, ep.metrics.waiting_queue_size) == (3, 3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_collector_expires_estimates_no_page_settles() -> None:
+    source = ScriptedSource()
+    ep, task = await scraping(source, ttl=60)
+    try:
+        await asyncio.wait_for(source.fetch_started.wait(), timeout=10)
+        account_dispatch(ep, prompt_bytes=400, now=time.monotonic() - 120)  # long past the TTL, no other dispatch
+        assert ep.metrics.waiting_queue_size == 1 + 1
+        source.pages.put_nowait(page(waiting=None))  # nothing this extractor reads: no scrape applied
+        await source.next_fetch()
+        assert (ep.scraped_metrics.waiting_queue_size, ep.metrics.waiting_queue_size) == (1, 1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

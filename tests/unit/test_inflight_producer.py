@@ -138,3 +138,44 @@ def test_a_request_routed_before_an_endpoint_left_and_rejoined_does_not_release_
     producer.pre_request(CycleState(), new, routed(pool.get("a")))
     producer.response_complete(old, ResponseInfo(completed=True))  # the old request finishes late
     assert (producer.load.requests("a"), producer.load.tokens("a")) == (1, 50)
+
+
+def test_the_membership_map_stays_bounded_as_10000_endpoints_join_and_leave(make_request: Any, routed: Any) -> None:
+    # It used to keep one epoch per endpoint name ever seen, for the life of the picker.
+    pool = EndpointPool()
+    producer = default_registry().create("inflight-load-producer", "inflight", None,
+                                         Handle(pool=pool, rng=random.Random(1)), "plugins[0]")
+    assert isinstance(producer, InFlightLoadProducer)
+    late = []  # requests still running when their endpoint left, finishing afterwards
+    largest = 0
+    for i in range(10_000):
+        pool.replace_all([EndpointMetadata(f"ep-{i}", "10.0.0.1", 8000 + i % 1000, 8000)])
+        request = make_request(b"x" * 40, request_id=str(i))
+        producer.pre_request(CycleState(), request, routed(pool.get(f"ep-{i}")))
+        if i % 2:
+            producer.response_complete(request, ResponseInfo(completed=True))
+        else:
+            late.append(request)
+        largest = max(largest, producer.debug_sizes()["memberships"])
+    pool.replace_all([])
+    for request in late:
+        producer.response_complete(request, ResponseInfo(completed=True))
+    assert largest == 1
+    assert producer.debug_sizes() == {"endpoints": 0, "memberships": 0, "requests": 0, "tokens": 0,
+                                      "prefillBacklog": 0}
+
+
+def test_an_endpoint_that_goes_idle_and_gets_busy_again_counts_only_the_new_load(
+    make_endpoint: Any, make_request: Any, routed: Any, create: Any
+) -> None:
+    producer = create("inflight-load-producer")
+    a = make_endpoint("a")
+    first, second, third = (make_request(b"x" * 40, request_id=str(i)) for i in range(3))
+    producer.pre_request(CycleState(), first, routed(a))
+    producer.response_streaming(first, ResponseInfo(endpoint=a), b"x")
+    producer.response_complete(first, ResponseInfo(endpoint=a, completed=True))  # idle: the name is forgotten
+    producer.pre_request(CycleState(), second, routed(a))
+    producer.pre_request(CycleState(), third, routed(a))
+    producer.response_streaming(second, ResponseInfo(endpoint=a), b"x")
+    producer.response_complete(second, ResponseInfo(endpoint=a, completed=True))
+    assert (producer.load.requests("a"), producer.load.tokens("a"), producer.load.prefill_backlog("a")) == (1, 25, 10)

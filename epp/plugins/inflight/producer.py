@@ -24,6 +24,7 @@ typed values and never this class. No parameters.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
@@ -53,7 +54,7 @@ class _Routed:
     endpoint: str
     tokens: int
     prefill: int
-    epoch: int
+    membership: int
     started: bool = False
 
 
@@ -68,9 +69,14 @@ class InFlightLoadProducer(BasePlugin):
         self._requests: dict[str, int] = {}
         self._tokens: dict[str, int] = {}
         self._prefill: dict[str, int] = {}
-        # Bumped when an endpoint leaves the pool, so a request routed to an earlier
-        # membership of the same name cannot release load added after it rejoined.
-        self._epoch: dict[str, int] = {}
+        # Which membership of each name the current counts belong to, so a request routed to
+        # an earlier membership of the same name (it left and rejoined since) cannot release
+        # load added after it rejoined. Tokens come from one counter that never repeats, and
+        # an entry lives exactly as long as its name's counts: until the endpoint leaves or
+        # its last request completes. So all four maps hold only endpoints with load in
+        # flight, however many names the pool has ever seen.
+        self._membership: dict[str, int] = {}
+        self._tokens_issued = itertools.count(1)
         self._state_key = f"{self.TYPE}/{name}"
         # The counters are only ever updated in place, so this one view stays current.
         self.load = InFlightLoad(self._requests, self._tokens, self._prefill)
@@ -82,14 +88,17 @@ class InFlightLoadProducer(BasePlugin):
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         endpoint = result.primary.endpoints[0].name
         prefill = prefix_match(cycle).uncached_tokens(endpoint, request_prompt_tokens(request))
-        routed = _Routed(endpoint, estimate_tokens(request), prefill, self._epoch.get(endpoint, 0))
+        membership = self._membership.get(endpoint)
+        if membership is None:
+            membership = self._membership[endpoint] = next(self._tokens_issued)
+        routed = _Routed(endpoint, estimate_tokens(request), prefill, membership)
         self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
         self._tokens[endpoint] = self._tokens.get(endpoint, 0) + routed.tokens
         self._prefill[endpoint] = self._prefill.get(endpoint, 0) + prefill
         request.plugin_state[self._state_key] = routed
 
     def _current(self, routed: _Routed) -> bool:
-        return routed.endpoint in self._requests and self._epoch.get(routed.endpoint, 0) == routed.epoch
+        return self._membership.get(routed.endpoint) == routed.membership
 
     def response_streaming(self, request: InferenceRequest, response: ResponseInfo, chunk: bytes) -> None:
         routed = request.plugin_state.get(self._state_key)
@@ -102,14 +111,26 @@ class InFlightLoadProducer(BasePlugin):
         routed = request.plugin_state.pop(self._state_key, None)
         if routed is None or not self._current(routed):
             return
-        self._requests[routed.endpoint] -= 1
-        self._tokens[routed.endpoint] -= routed.tokens
+        endpoint = routed.endpoint
+        remaining = self._requests[endpoint] - 1
+        if remaining == 0:
+            # Its last request: everything it added is released, so the name is forgotten.
+            self._forget(endpoint)
+            return
+        self._requests[endpoint] = remaining
+        self._tokens[endpoint] -= routed.tokens
         if not routed.started:
-            self._prefill[routed.endpoint] -= routed.prefill
+            self._prefill[endpoint] -= routed.prefill
+
+    def _forget(self, endpoint: str) -> None:
+        self._requests.pop(endpoint, None)
+        self._tokens.pop(endpoint, None)
+        self._prefill.pop(endpoint, None)
+        self._membership.pop(endpoint, None)
 
     def debug_sizes(self) -> dict[str, int]:
-        """What this producer holds, for ``/debug/state``: all back to 0 when idle, but epochs."""
-        return {"endpoints": len(self._requests), "epochs": len(self._epoch),
+        """What this producer holds, for ``/debug/state``: all back to 0 when idle."""
+        return {"endpoints": len(self._requests), "memberships": len(self._membership),
                 "requests": sum(self._requests.values()), "tokens": sum(self._tokens.values()),
                 "prefillBacklog": sum(self._prefill.values())}
 
@@ -117,7 +138,4 @@ class InFlightLoadProducer(BasePlugin):
         return None
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
-        self._requests.pop(endpoint.name, None)
-        self._tokens.pop(endpoint.name, None)
-        self._prefill.pop(endpoint.name, None)
-        self._epoch[endpoint.name] = self._epoch.get(endpoint.name, 0) + 1
+        self._forget(endpoint.name)
