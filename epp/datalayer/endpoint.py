@@ -8,11 +8,13 @@ cycle always sees one consistent scrape per endpoint.
 from __future__ import annotations
 
 import ipaddress
+import math
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-__all__ = ["ENGINE_LABEL", "Endpoint", "EndpointMetadata", "Metrics", "OutlierState", "format_hostport"]
+__all__ = ["ENGINE_LABEL", "CustomValue", "Endpoint", "EndpointMetadata", "Metrics", "OutlierState", "format_hostport"]
 
 # The pod label the Go EPP reads to pick the metric names of a model server's engine.
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
@@ -75,6 +77,18 @@ class Metrics:
     update_time: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class CustomValue:
+    """One custom metric of an endpoint (``Endpoint.custom``), as last extracted.
+
+    ``update_time`` is ``time.monotonic()`` of the extraction; a scrape that lacks the
+    series leaves the old value in place, so consumers judge staleness by age.
+    """
+
+    value: float
+    update_time: float
+
+
 @dataclass(slots=True)
 class OutlierState:
     """What passive health checking knows of one endpoint (``epp.datalayer.passive_health``).
@@ -97,10 +111,14 @@ class Endpoint:
     """A pool member: metadata, the latest metrics and its readiness.
 
     ``metrics`` is what scorers read: the last scrape, possibly adjusted by the picker's
-    own estimate of what it routed there since (``estimate``, see ``dispatch``).
+    own estimate of what it routed there since (``add_dispatch``, see ``dispatch``).
     ``scraped_metrics`` is the last scrape alone; extractors build on it, so a scrape
     replaces the estimate even when it lacks some series. Assigning ``metrics`` records a
-    scrape (both change).
+    scrape: it settles every dispatch made before ``fetch_started`` (the collector sets it
+    while it extracts a page; outside that, +inf: every dispatch so far), and the later ones
+    stay on top, since the page may have been rendered before they arrived. A dispatch not
+    settled by a scrape within ``dispatch_ttl`` seconds is dropped anyway (pages without the
+    queue series, failing scrapes), so an estimate never outlives that bound.
 
     ``ready`` turns false when the collector has failed to reach the endpoint for a
     while (see ``Collector``); candidate selection skips endpoints that are not ready.
@@ -112,13 +130,23 @@ class Endpoint:
     ``available(now)`` is both together, and is what candidate selection should read.
     """
 
-    __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "outlier", "hostport", "name")
+    __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "outlier", "hostport", "name", "custom",
+                 "_dispatches", "_dispatched_kv", "fetch_started", "dispatch_ttl")
 
     def __init__(self, metadata: EndpointMetadata, metrics: Metrics | None = None) -> None:
         self.metadata = metadata
+        # Routed requests no scrape has settled yet: (time.monotonic(), KV fraction added),
+        # oldest first. Set before ``metrics``: its setter reads them.
+        self._dispatches: deque[tuple[float, float]] = deque()
+        self._dispatched_kv = 0.0
+        self.fetch_started = math.inf
+        self.dispatch_ttl = 1.0  # the collector sets its own, from its interval and timeout
         self.metrics = metrics or Metrics()
         self.ready = True
         self.outlier = OutlierState()
+        # Custom metrics by key (``prometheus-metric`` and other extractors): each key's
+        # value is swapped whole, so readers never see a value without its update time.
+        self.custom: dict[str, CustomValue] = {}
         # Cached because they are read on every request (the address never changes: a
         # new address under the same name is a new Endpoint, see EndpointPool).
         self.hostport = metadata.hostport
@@ -130,7 +158,10 @@ class Endpoint:
 
     @metrics.setter
     def metrics(self, scraped: Metrics) -> None:
-        self._metrics = self.scraped_metrics = scraped
+        self.scraped_metrics = scraped
+        if self._dispatches:
+            self._drop_dispatches(self.fetch_started)
+        self._metrics = self._estimated(scraped)
 
     @property
     def ejected_until(self) -> float:
@@ -144,9 +175,35 @@ class Endpoint:
         """Ready by its scrapes and not ejected for failing responses."""
         return self.ready and now >= self.outlier.ejected_until
 
-    def estimate(self, metrics: Metrics) -> None:
-        """Replace what scorers read until the next scrape, keeping the scraped truth."""
-        self._metrics = metrics
+    def add_dispatch(self, now: float, kv_fraction: float) -> None:
+        """Count a request routed here at ``now`` (``time.monotonic()``) as waiting, until a scrape settles it.
+
+        ``kv_fraction`` is the share of the KV cache its uncached prompt will take.
+        """
+        self._drop_dispatches(now - self.dispatch_ttl)
+        self._dispatches.append((now, kv_fraction))
+        self._dispatched_kv += kv_fraction
+        self._metrics = self._estimated(self.scraped_metrics)
+
+    def expire_dispatches(self, now: float) -> None:
+        """Drop dispatches older than ``dispatch_ttl`` that no scrape has settled."""
+        if self._dispatches and self._dispatches[0][0] < now - self.dispatch_ttl:
+            self._drop_dispatches(now - self.dispatch_ttl)
+            self._metrics = self._estimated(self.scraped_metrics)
+
+    def _drop_dispatches(self, before: float) -> None:
+        dispatches = self._dispatches
+        while dispatches and dispatches[0][0] < before:
+            self._dispatched_kv -= dispatches.popleft()[1]
+        if not dispatches:
+            self._dispatched_kv = 0.0  # no float residue once nothing is pending
+
+    def _estimated(self, scraped: Metrics) -> Metrics:
+        pending = len(self._dispatches)
+        if not pending:
+            return scraped
+        return replace(scraped, waiting_queue_size=scraped.waiting_queue_size + pending,
+                       kv_cache_usage_percent=min(1.0, scraped.kv_cache_usage_percent + self._dispatched_kv))
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} {self.hostport}>"

@@ -6,6 +6,7 @@ from epp.framework.attributes import PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import MetricsDataSource
+from epp.plugins.datalayer.prometheus_metric import PrometheusMetricExtractor
 from epp.plugins.filters.header_testing import HeaderBasedTestingFilter
 from epp.plugins.filters.load_imbalance import LoadImbalanceFilter
 from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer
@@ -20,6 +21,7 @@ from epp.plugins.profile.single import SingleProfileHandler
 from epp.plugins.requestcontrol.served_verifier import DestinationEndpointServedVerifier
 from epp.plugins.scorers.kv_cache import KVCacheUtilizationScorer
 from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
+from epp.plugins.scorers.metric import MetricScorer
 from epp.plugins.scorers.prefill_load import PrefillLoadScorer
 from epp.plugins.scorers.queue import QueueScorer
 from epp.plugins.scorers.running_requests import RunningRequestsSizeScorer
@@ -39,6 +41,7 @@ def default_registry() -> Registry:
         PrefixCacheScorer,
         TokenLoadScorer,
         PrefillLoadScorer,
+        MetricScorer,
         PrefixCacheAffinityFilter,
         LoadImbalanceFilter,
         MaxScorePicker,
@@ -46,6 +49,7 @@ def default_registry() -> Registry:
         WeightedRandomPicker,
         MetricsDataSource,
         CoreMetricsExtractor,
+        PrometheusMetricExtractor,
         OpenAIParser,
         # Test only (GIE conformance suite): never in a production config.
         HeaderBasedTestingFilter,

@@ -2,8 +2,8 @@
 
 Debug views (JSON):
 
-- ``GET /debug/endpoints``: every endpoint with its latest metrics, readiness and scrape
-  health.
+- ``GET /debug/endpoints``: every endpoint with its latest metrics, custom metrics (value
+  and age, by key), readiness and scrape health.
 - ``GET /debug/decisions``: the most recent routing decisions (``?limit=N``).
 - ``GET /debug/decisions/{request_id}``: why one request went where it went: candidates,
   what each filter kept, each scorer's score per endpoint with its weight, the totals and
@@ -91,6 +91,8 @@ def build_admin_app(
                     "cacheBlockSize": m.cache_block_size, "cacheNumBlocks": m.cache_num_blocks,
                     "ageSeconds": round(now - m.update_time, 3) if m.update_time else None,
                 },
+                "custom": {key: {"value": c.value, "ageSeconds": round(now - c.update_time, 3)}
+                           for key, c in sorted(ep.custom.items())},
                 "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error} if h else None,
                 "passiveHealth": outlier_view(ep, now),
             })

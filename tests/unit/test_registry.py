@@ -21,8 +21,9 @@ from epp.requests.types import InferenceRequest
 IN_TREE_TYPES = [
     "approx-prefix-cache-producer", "core-metrics-extractor", "destination-endpoint-served-verifier",
     "header-based-testing-filter", "inflight-load-producer", "kv-cache-utilization-scorer",
-    "load-imbalance-filter", "lora-affinity-scorer", "max-score-picker", "metrics-data-source", "openai-parser",
-    "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer", "queue-scorer", "random-picker",
+    "load-imbalance-filter", "lora-affinity-scorer", "max-score-picker", "metric-scorer", "metrics-data-source",
+    "openai-parser", "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer", "prometheus-metric",
+    "queue-scorer", "random-picker",
     "running-requests-size-scorer", "single-profile-handler", "token-load-scorer", "weighted-random-picker",
 ]
 
