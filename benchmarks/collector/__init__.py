@@ -1,0 +1,1 @@
+"""Collector benchmark: the picker's scrape loop against 100 endpoints serving realistic pages."""
