@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.sim.config import ConfigError, EngineKind, LoraModule, SimConfig
+from epp.sim.gauge_values import parse_custom_gauge
 
 __all__ = ["add_parser", "configs_from_args", "run"]
 
@@ -95,6 +96,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="probability of answering an inference request with a 500")
     faults.add_argument("--metrics-delay", type=float, default=d["metrics_delay"],
                         help="wall seconds added before every /metrics answer")
+
+    custom = p.add_argument_group("custom metrics")
+    custom.add_argument("--custom-gauge", action="append", default=[], metavar="NAME=VALUE",
+                        help="add gauge NAME{model_name=...} to /metrics (repeatable); POST /sim/gauge changes it")
     p.set_defaults(func=run)
 
 
@@ -117,6 +122,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
         "host": args.host,
         "engine": EngineKind(args.engine),
         "lora_modules": tuple(LoraModule.parse(m) for m in args.lora_modules),
+        "custom_gauges": tuple(parse_custom_gauge(g) for g in args.custom_gauge),
         **{name: getattr(args, name) for name in (
             "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "num_gpu_blocks",
             "enable_prefix_caching", "max_loras", "seed", "stream_interval", "default_max_tokens",
@@ -158,3 +164,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"epp sim: cannot listen: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a custom gauge named like a metric the page already has
+        print(f"epp sim: {exc}", file=sys.stderr)
+        return 2

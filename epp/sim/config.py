@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from epp.errors import ConfigError
+from epp.sim.gauge_values import check_name, check_value
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -111,6 +112,9 @@ class SimConfig:
     fail_rate: float = 0.0  # probability that an inference request is answered with a 500
     metrics_delay: float = 0.0  # wall seconds added before every /metrics answer
 
+    # --- custom metrics ---------------------------------------------------------------------------
+    custom_gauges: tuple[tuple[str, float], ...] = ()  # (name, value) gauges added to /metrics
+
     # --- derived --------------------------------------------------------------------------------
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -187,3 +191,12 @@ class SimConfig:
         clash = set(names) & set(self._names)
         if clash:
             raise ConfigError("lora_modules", "an adapter may not share a served model name", sorted(clash))
+        gauge_names = [name for name, _ in self.custom_gauges]
+        if len(set(gauge_names)) != len(gauge_names):
+            raise ConfigError("custom_gauges", "gauge names must be unique", gauge_names)
+        for name, value in self.custom_gauges:
+            try:
+                check_name(name)
+                check_value(value)
+            except ValueError as exc:
+                raise ConfigError("custom_gauges", str(exc), (name, value)) from exc

@@ -12,7 +12,8 @@ Resource handling: ``start`` creates the engine task and the listener; ``stop`` 
 task, aborts every request and closes the listener and connections. Several servers can run
 in one loop, each with its own state; that is how ``--replicas`` works.
 
-Error handling: ``start`` raises ``OSError`` if the address is taken.
+Error handling: ``start`` raises ``OSError`` if the address is taken, and ``ConfigError`` if a
+custom gauge has the name of a metric the page already has.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from epp.sim.api.middleware import make_middleware
 from epp.sim.config import SimConfig
 from epp.sim.engine import Engine
 from epp.sim.faults import FaultMode
+from epp.sim.metrics.custom import CustomGauges, family_names
 from epp.sim.stats import SimStats
 from epp.sim.tokenizer import Tokenizer
 
@@ -93,7 +95,10 @@ class SimServer:
         if self._ctx is not None:
             raise RuntimeError("SimServer already started")
         engine = Engine(self.config, self._tokenizer)
-        self._ctx = ReplicaContext(config=self.config, engine=engine, tokenizer=self._tokenizer)
+        # Built before the engine runs so that a name clash fails start, not a later scrape.
+        custom = CustomGauges(self.config.model_name, self.config.custom_gauges,
+                              reserved=family_names(engine.metrics.render().decode()))
+        self._ctx = ReplicaContext(config=self.config, engine=engine, tokenizer=self._tokenizer, custom=custom)
         name = f"epp-sim-engine-{self.config.replica_index}"
         self._engine_task = asyncio.create_task(engine.run(), name=name)
         self._engine_task.add_done_callback(self._engine_stopped)

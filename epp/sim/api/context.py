@@ -1,4 +1,4 @@
-"""What every HTTP handler of one replica shares: config, engine, tokenizer, fault state."""
+"""What every HTTP handler of one replica shares: config, engine, tokenizer, fault state, custom gauges."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from epp.sim.config import SimConfig
 from epp.sim.engine import Engine
 from epp.sim.errors import NotFound
 from epp.sim.faults import FaultState
+from epp.sim.metrics.custom import CustomGauges
 from epp.sim.tokenizer import Tokenizer
 
 __all__ = ["ReplicaContext"]
@@ -21,6 +22,7 @@ class ReplicaContext:
     config: SimConfig
     engine: Engine
     tokenizer: Tokenizer
+    custom: CustomGauges  # --custom-gauge and POST /sim/gauge, rendered after the engine's page
     fault: FaultState = field(default_factory=FaultState)
     created: int = field(default_factory=lambda: int(time.time()))  # model cards' "created"
     failed: int = 0  # requests answered with an injected error

@@ -14,6 +14,10 @@ Simulator routes (not in vLLM):
   (``faults.py``); answers ``{"mode": ...}``. ``GET /sim/fault`` reads it, with ``parked``:
   the requests ``hang`` holds right now.
 * ``GET /sim/stats``: the ``SimStats`` snapshot as JSON.
+* ``POST /sim/gauge`` ``{"name": N, "value": V}``: set (or create) the custom gauge ``N`` of
+  ``/metrics``; answers ``{"name": N, "value": V}``; 400 for a name that is not a Prometheus
+  metric name or is already on the page, or a value that is not a finite number.
+  ``GET /sim/gauge`` lists the custom gauges as ``{name: value}``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aiohttp import web
 from epp.sim.api.context import ReplicaContext
 from epp.sim.errors import BadRequest, NotFound
 from epp.sim.faults import FaultMode
+from epp.sim.gauge_values import check_name, check_value
 from epp.sim.openai_request import load_json
 
 __all__ = ["ControlRoutes"]
@@ -55,6 +60,8 @@ class ControlRoutes:
             web.post("/sim/fault", self.post_fault),
             web.get("/sim/fault", self.get_fault),
             web.get("/sim/stats", self.stats),
+            web.post("/sim/gauge", self.post_gauge),
+            web.get("/sim/gauge", self.get_gauges),
         ]
 
     async def load_lora(self, request: web.Request) -> web.Response:
@@ -83,6 +90,26 @@ class ControlRoutes:
             raise BadRequest(f"mode must be one of: {choices}", param="mode") from exc
         await self._set_fault(mode)
         return web.Response(body=orjson.dumps({"mode": mode.value}), content_type="application/json")
+
+    async def post_gauge(self, request: web.Request) -> web.Response:
+        body = load_json(await request.read())
+        name, value = body.get("name"), body.get("value")
+        try:
+            name = check_name(name)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="name") from exc
+        try:
+            number = check_value(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="value") from exc
+        try:
+            self._ctx.custom.set(name, number)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="name") from exc
+        return web.Response(body=orjson.dumps({"name": name, "value": number}), content_type="application/json")
+
+    async def get_gauges(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self._ctx.custom.values()), content_type="application/json")
 
     async def get_fault(self, request: web.Request) -> web.Response:
         fault = self._ctx.fault

@@ -73,7 +73,11 @@ class InfoRoutes:
         if delay > 0:
             await asyncio.sleep(delay)
         sink = self._ctx.engine.metrics
-        return web.Response(body=sink.render(), headers={"Content-Type": sink.content_type})
+        body = sink.render()
+        custom = self._ctx.custom.render()
+        if custom:
+            body += custom.encode()
+        return web.Response(body=body, headers={"Content-Type": sink.content_type})
 
     async def models(self, request: web.Request) -> web.Response:
         ctx = self._ctx
