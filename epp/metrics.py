@@ -267,6 +267,10 @@ class PickerMetrics:
             "epp_endpoint_ejections_total",
             "Times an endpoint was taken out of rotation by passive health checking (failing responses).",
             ["pod_name"], r, lifecycle=life)
+        self.endpoint_scrape_errors = CounterFamily(
+            "epp_endpoint_scrape_errors_total",
+            "Failed scrapes of an endpoint: a data source fetch that failed or timed out, or an extractor that "
+            "could not use the data.", ["pod_name"], r, lifecycle=life)
         self.request_body_refused = CounterFamily(
             "epp_request_body_refused_total",
             "Request bodies refused while being received: too_large (413, --max-request-body-bytes) or "

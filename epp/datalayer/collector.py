@@ -9,6 +9,13 @@ Failure handling: a failed scrape leaves the endpoint's metrics untouched (their
 ``update_time`` ages). Failures and recoveries are logged once per transition, not per
 tick. After ``unready_after`` consecutive failed ticks the endpoint is marked not ready,
 so new requests avoid a server that stopped answering; one success makes it ready again.
+Every failed fetch and every extractor that raises is reported to ``on_scrape_error`` with
+the endpoint's name (the server counts them in ``epp_endpoint_scrape_errors_total``; a
+callback keeps this layer free of metrics imports).
+
+Freshness (``has_fresh_data``): the server's readiness asks whether any endpoint had a
+successful scrape within ``freshness_bound``; a dead or stuck collector stops producing
+successes, so readiness falls instead of the picker routing on frozen numbers.
 
 Dispatch estimates (``epp.datalayer.dispatch``): each fetch's start time is set on the
 endpoint while its page is extracted, so a page fetched from before a dispatch keeps that
@@ -23,16 +30,28 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.pool import EndpointPool
 from epp.framework.datalayer import DataSource, Extractor
 
-__all__ = ["Collector", "EndpointHealth", "SourceBinding"]
+__all__ = ["Collector", "EndpointHealth", "SourceBinding", "freshness_bound"]
 
 log = logging.getLogger(__name__)
+
+# The floor of the freshness bound: a busy event loop or a GC pause must not flip readiness.
+_MIN_FRESHNESS = 2.0
+
+
+def freshness_bound(interval: float, timeout: float) -> float:
+    """How old the newest successful scrape may be before no endpoint counts as fresh.
+
+    Three ticks that each hit the timeout (a late tick plus two slow ones) still leave
+    data fresh; below 2 s, scheduling jitter alone could flap readiness.
+    """
+    return max(3 * interval + timeout, _MIN_FRESHNESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +89,7 @@ class Collector:
         timeout: float = 1.0,
         unready_after: int = 3,
         estimate_ttl: float | None = None,
+        on_scrape_error: Callable[[str], None] | None = None,
     ) -> None:
         self.pool = pool
         self.bindings = tuple(bindings)
@@ -80,6 +100,8 @@ class Collector:
         # start after it, and that fetch takes at most the timeout: any older estimate is one
         # no page will ever settle.
         self.estimate_ttl = 2 * interval + timeout if estimate_ttl is None else estimate_ttl
+        self.on_scrape_error = on_scrape_error
+        self.freshness_bound = freshness_bound(interval, timeout)
         self._group: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, _State] = {}
@@ -120,6 +142,21 @@ class Collector:
     def health(self) -> list[EndpointHealth]:
         return [EndpointHealth(name, s.failures, s.last_success, s.last_error) for name, s in self._states.items()]
 
+    def has_fresh_data(self, now: float | None = None) -> bool:
+        """False only when scraping is configured, the pool has members and none of them
+        had a successful scrape within ``freshness_bound`` (including: none yet)."""
+        if not self.bindings or not self.pool.endpoints():
+            return True
+        oldest = (time.monotonic() if now is None else now) - self.freshness_bound
+        return any(state.last_success > 0.0 and state.last_success >= oldest for state in self._states.values())
+
+    def _report_error(self, endpoint: Endpoint) -> None:
+        if self.on_scrape_error is not None:
+            try:
+                self.on_scrape_error(endpoint.name)
+            except Exception:  # noqa: BLE001 - counting must never break scraping
+                log.exception("scrape error callback failed")
+
     async def _poll(self, endpoint: Endpoint) -> None:
         state = self._states[endpoint.name]
         # Spread endpoints over the interval so scrapes do not arrive in bursts.
@@ -145,9 +182,11 @@ class Collector:
                     data = await binding.source.collect(endpoint)
             except TimeoutError:
                 error = f"timed out after {self.timeout:g}s"
+                self._report_error(endpoint)
                 continue
             except Exception as exc:  # noqa: BLE001 - any source failure is a failed scrape
                 error = str(exc) or type(exc).__name__
+                self._report_error(endpoint)
                 continue
             endpoint.fetch_started = fetch_started
             try:
@@ -167,6 +206,7 @@ class Collector:
             extractor.extract(data, endpoint)
         except Exception as exc:  # noqa: BLE001 - one extractor must not stop the others
             message = str(exc)
+            self._report_error(endpoint)
             if state.extract_errors.get(key) != message:
                 log.warning("endpoint %s: extractor %s: %s", endpoint.name, key, message)
                 state.extract_errors[key] = message

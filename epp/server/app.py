@@ -3,7 +3,11 @@
 Start-up order: options → pool (fails fast on a bad pool file) → config (fails fast on a
 bad config) → admin token and TLS credentials → director → ext_proc gRPC server (+ health)
 → health server → admin HTTP server on ``admin_bind`` → background tasks (collector,
-pool-file watcher) under one ``BackgroundTasks`` supervisor → readiness SERVING.
+pool-file watcher) under one ``BackgroundTasks`` supervisor, and the readiness watch →
+readiness SERVING once data is fresh: with scraping configured and a non-empty pool, some endpoint
+had a successful scrape within ``max(3 × interval + scrape timeout, 2 s)``
+(``epp.datalayer.collector.freshness_bound``). So readiness is NOT_SERVING until the
+first good scrape, and again whenever the collector is dead or every endpoint unscrapable.
 
 Shutdown (``stop``): readiness NOT_SERVING; for ``shutdown_delay`` the picker keeps
 serving new streams while health checks and load balancers notice; then the gRPC server
@@ -58,6 +62,8 @@ _GRPC_SMALL_MESSAGE = 4 * 1024 * 1024
 # A crashed background task is restarted after this delay, doubling up to the cap.
 _RESTART_DELAY = 1.0
 _RESTART_DELAY_MAX = 30.0
+# How often readiness re-checks data freshness (it changes with time, not with events).
+_READINESS_PERIOD = 0.1
 
 
 @dataclass(slots=True, kw_only=True)
@@ -96,14 +102,18 @@ class ServeOptions:
 class BackgroundTasks:
     """Supervises the server's long-running tasks: none of them may vanish silently.
 
-    A task that raises is logged with its traceback and restarted after a delay that
-    doubles on each crash (the collector or the pool-file watcher must keep running for
-    the picker to stay correct); ``aclose`` cancels every task and awaits them.
+    A task that raises, or is cancelled by anything but ``aclose``, is logged and
+    restarted after a delay that doubles on each crash (the collector or the pool-file
+    watcher must keep running for the picker to stay correct); ``aclose`` cancels every
+    task and awaits them. ``current(name)`` is the running attempt, the task a crash ends.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, restart_delay: float = _RESTART_DELAY, restart_delay_max: float = _RESTART_DELAY_MAX) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._attempts: dict[str, asyncio.Task[None]] = {}
         self.crashes: dict[str, int] = {}
+        self.restart_delay = restart_delay
+        self.restart_delay_max = restart_delay_max
 
     def start(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         if name in self._tasks:
@@ -112,17 +122,34 @@ class BackgroundTasks:
         self._tasks[name] = asyncio.create_task(self._supervise(name, run), name=name)
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        delay = _RESTART_DELAY
+        delay = self.restart_delay
+        supervisor = asyncio.current_task()
+        assert supervisor is not None
         while True:
+            # A task of its own, so a cancellation aimed at it alone (not at the supervisor)
+            # is seen for what it is: the work died and must come back.
+            attempt = asyncio.ensure_future(run())
+            self._attempts[name] = attempt
             try:
-                await run()
+                await attempt
                 return
+            except asyncio.CancelledError:
+                if supervisor.cancelling():
+                    raise  # aclose: shutting down
+                self.crashes[name] += 1
+                log.error("background task %s was cancelled (%d crashes so far); restarting in %gs",
+                          name, self.crashes[name], delay)
             except Exception:
                 self.crashes[name] += 1
                 log.exception("background task %s crashed (%d so far); restarting in %gs",
                               name, self.crashes[name], delay)
+            finally:
+                self._attempts.pop(name, None)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_DELAY_MAX)
+            delay = min(delay * 2, self.restart_delay_max)
+
+    def current(self, name: str) -> asyncio.Task[None] | None:
+        return self._attempts.get(name)
 
     def running(self) -> list[str]:
         return [name for name, task in self._tasks.items() if not task.done()]
@@ -239,8 +266,11 @@ class PickerServer:
                                  account_dispatches=self.options.account_dispatches,
                                  honor_rewrite_header=self.options.honor_rewrite_header,
                                  passive_health=self._passive_health())
+        scrape_errors = self.metrics.endpoint_scrape_errors
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
-                                   self.options.scrape_timeout, self.options.unready_after_failures)
+                                   self.options.scrape_timeout, self.options.unready_after_failures,
+                                   on_scrape_error=lambda name: scrape_errors.labels(name).inc())
+        self.health.fresh = self.collector.has_fresh_data
 
     def debug_state(self) -> dict[str, Any]:
         """The size of every per-key structure the picker holds (``/debug/state``): what a
@@ -312,6 +342,7 @@ class PickerServer:
         self.tasks.start("collector", self.collector.run)
         if self._watcher is not None:
             self.tasks.start("pool-file watcher", self._watcher.watch)
+        self.health.start_watch(_READINESS_PERIOD)
         await self.health.set_ready(True)
         log.info("ext_proc on %s:%d (%s), gRPC health on :%d, admin http://%s:%d (%s); %d endpoints; profiles: %s",
                  opts.bind, self.grpc_port, self._transport, self.grpc_health_port, opts.admin_bind,
@@ -336,6 +367,7 @@ class PickerServer:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()
         await self.tasks.aclose()
+        await self.health.aclose()
         if self.config is not None:
             for binding in self.config.data_bindings:
                 await binding.source.aclose()
