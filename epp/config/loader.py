@@ -212,7 +212,8 @@ class _Builder:
                 if not issubclass(gives, wants):
                     raise ConfigError(f"{where}.extractors",
                                       f"extractor {bounded_repr(extractor.typed_name.name)} reads "
-                                      f"{wants.__name__}, source produces {gives.__name__}")
+                                      f"{wants.__name__}, source {bounded_repr(source.typed_name.name)} "
+                                      f"produces {gives.__name__}")
             source.bind_extractors(list(extractors))  # type: ignore[arg-type]
             bindings.append(SourceBinding(source, tuple(extractors)))  # type: ignore[arg-type]
         return tuple(bindings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from epp.framework.attributes import PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
+from epp.plugins.datalayer.file_source import JsonFileSource, JsonMetricExtractor
 from epp.plugins.datalayer.metrics_source import MetricsDataSource
 from epp.plugins.datalayer.prometheus_metric import PrometheusMetricExtractor
 from epp.plugins.filters.header_testing import HeaderBasedTestingFilter
@@ -50,6 +51,8 @@ def default_registry() -> Registry:
         MetricsDataSource,
         CoreMetricsExtractor,
         PrometheusMetricExtractor,
+        JsonFileSource,
+        JsonMetricExtractor,
         OpenAIParser,
         # Test only (GIE conformance suite): never in a production config.
         HeaderBasedTestingFilter,

@@ -392,7 +392,8 @@ def test_an_extractor_that_cannot_read_its_source_output_is_rejected() -> None:
             - pluginRef: core-metrics-extractor
         """), registry)
     assert err.field == "dataLayer.sources[0].extractors"
-    assert err.reason == "extractor 'core-metrics-extractor' reads ScrapedSeries, source produces bytes"
+    assert err.reason == ("extractor 'core-metrics-extractor' reads ScrapedSeries, "
+                          "source 'bytes-source' produces bytes")
 
 
 @pytest.mark.parametrize(

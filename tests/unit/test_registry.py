@@ -20,7 +20,8 @@ from epp.requests.types import InferenceRequest
 
 IN_TREE_TYPES = [
     "approx-prefix-cache-producer", "core-metrics-extractor", "destination-endpoint-served-verifier",
-    "header-based-testing-filter", "inflight-load-producer", "kv-cache-utilization-scorer",
+    "header-based-testing-filter", "inflight-load-producer", "json-file-source", "json-metric",
+    "kv-cache-utilization-scorer",
     "load-imbalance-filter", "lora-affinity-scorer", "max-score-picker", "metric-scorer", "metrics-data-source",
     "openai-parser", "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer", "prometheus-metric",
     "queue-scorer", "random-picker",
