@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -24,6 +23,7 @@ from epp.errors import ConfigError
 from epp.server.app import PickerServer, ServeOptions
 from epp.server.cli import options_from_args
 from epp.testing import ExtProcClient
+from epp.testing.pages import MetricsPage
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -212,28 +212,6 @@ async def test_ignore_model_rewrite_header_reaches_the_director(start_picker: Pi
 # --- defect 14: NaN in /debug/endpoints ----------------------------------------------------
 
 
-class MetricsPage:
-    """A loopback model server whose /metrics page says whatever the test wants."""
-
-    def __init__(self, page: str) -> None:
-        self.page = page
-        self.port = 0
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=self.page, content_type="text/plain")
-
-    async def __aenter__(self) -> MetricsPage:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public port
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
 
 
 @pytest.fixture

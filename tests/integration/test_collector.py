@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from epp.server.app import PickerServer
 from epp.sim import FaultMode, SimConfig, SimServer
+from epp.testing.pages import MetricsPage
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -121,30 +121,11 @@ async def test_admin_metrics_use_the_go_epp_names(start_picker: PickerFactory, s
     assert [e["metrics"]["cacheBlockSize"] for e in endpoints["endpoints"]] == [16, 16]
 
 
-class ScrapeCounter:
+class ScrapeCounter(MetricsPage):
     """A loopback /metrics endpoint that counts the GETs it receives (the simulator does not count scrapes)."""
 
-    PAGE = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n"
-
     def __init__(self) -> None:
-        self.scrapes = 0
-        self.port = 0
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        self.scrapes += 1
-        return web.Response(text=self.PAGE, content_type="text/plain")
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+        super().__init__("# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n")
 
 
 async def test_removed_endpoint_stops_being_scraped(start_picker: PickerFactory) -> None:

@@ -19,6 +19,7 @@ from epp.datalayer.collector import freshness_bound
 from epp.server.app import BackgroundTasks, PickerServer, ServeOptions
 from epp.server.health import EXT_PROC_SERVICE
 from epp.sim import FaultMode, SimConfig, SimServer
+from epp.testing.pages import MetricsPage
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -61,26 +62,11 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
         await asyncio.sleep(0.02)
 
 
-class FailingPage:
+class FailingPage(MetricsPage):
     """A loopback /metrics that answers 500 every time."""
 
-    def __init__(self) -> None:
-        self.port = 0
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
+    def render(self) -> str | web.Response:
         return web.Response(status=500, text="engine exploded\n")
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
 
 async def health_status(server: PickerServer, service: str = EXT_PROC_SERVICE) -> int:

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
+from epp.testing.pages import MetricsPage
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -42,30 +42,17 @@ schedulingProfiles:
 """
 
 
-class GaugePage:
+class GaugePage(MetricsPage):
     """A loopback /metrics page with vLLM's core series and a settable custom gauge."""
 
     def __init__(self, backlog: float) -> None:
+        super().__init__()
         self.backlog = backlog
-        self.port = 0
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        page = ('vllm:num_requests_waiting{model_name="m"} 0\nvllm:num_requests_running{model_name="m"} 0\n'
+    def render(self) -> str:
+        return ('vllm:num_requests_waiting{model_name="m"} 0\nvllm:num_requests_running{model_name="m"} 0\n'
                 'vllm:kv_cache_usage_perc{model_name="m"} 0.1\n'
                 f'custom_backlog{{pool="main"}} {self.backlog}\ncustom_backlog{{pool="shadow"}} 0\n')
-        return web.Response(text=page, content_type="text/plain")
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp has no public port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from epp.config.loader import load_config
 from epp.datalayer.collector import Collector, _State
@@ -26,6 +25,7 @@ from epp.plugins.datalayer.prometheus_metric import (
     PrometheusMetricParams,
 )
 from epp.plugins.scorers.metric import MetricScorer
+from epp.testing.pages import MetricsPage
 
 PAGE = """\
 # HELP my_queue_depth Requests queued in the custom scheduler.
@@ -190,35 +190,25 @@ def test_a_config_wires_the_extractors_under_one_source_and_a_profile_scores_by_
 # --- many extractors, one fetch ----------------------------------------------------------
 
 
-@pytest.fixture
-async def counting_metrics_server() -> AsyncIterator[tuple[int, list[str]]]:
-    """A /metrics page whose values are the number of GETs so far; yields (port, request paths)."""
-    requests: list[str] = []
+class CountingPage(MetricsPage):
+    """A /metrics page whose values are the number of GETs served so far."""
 
-    async def handler(request: web.Request) -> web.Response:
-        requests.append(request.path)
-        n = len(requests)
-        page = (f'vllm:num_requests_waiting{{model_name="m"}} {n}\nvllm:num_requests_running{{model_name="m"}} 0\n'
+    def render(self) -> str:
+        n = self.scrapes
+        return (f'vllm:num_requests_waiting{{model_name="m"}} {n}\nvllm:num_requests_running{{model_name="m"}} 0\n'
                 f'vllm:kv_cache_usage_perc{{model_name="m"}} 0.5\nmy_queue_depth{{tier="gold"}} {n}\n'
                 f"gpu_temp {n}\n")
-        return web.Response(text=page)
 
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port, requests
-    finally:
-        await runner.cleanup()
+
+@pytest.fixture
+async def counting_page() -> AsyncIterator[CountingPage]:
+    async with CountingPage() as page:
+        yield page
 
 
 async def test_three_extractors_share_one_http_get_per_endpoint_per_tick(
-        counting_metrics_server: tuple[int, list[str]]) -> None:
-    port, requests = counting_metrics_server
+        counting_page: CountingPage) -> None:
+    port = counting_page.port
     pool = EndpointPool()
     config = load_config(CONFIG, default_registry(), Handle(pool=pool, rng=random.Random(1)))
     ep = Endpoint(EndpointMetadata("e", "127.0.0.1", port, port))
@@ -228,7 +218,7 @@ async def test_three_extractors_share_one_http_get_per_endpoint_per_tick(
         for tick in range(1, 4):
             await collector._tick(ep, state)
             # One GET per tick, and every extractor read that same page (its values are the GET count).
-            assert requests == ["/metrics"] * tick
+            assert counting_page.scrapes == tick
             assert ep.metrics.waiting_queue_size == tick
             assert ep.custom["my_queue_depth"].value == tick
             assert ep.custom["temp"].value == tick
