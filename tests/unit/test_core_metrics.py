@@ -14,6 +14,7 @@ from epp.errors import ConfigError
 from epp.framework.params import decode_params
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor, CoreMetricsParams, ExtractionError
 from epp.plugins.datalayer.metrics_source import ScrapedSeries
+from epp.testing.clock import TickingClock
 
 VLLM = """\
 vllm:num_requests_waiting{engine="0"} 3
@@ -50,23 +51,12 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"} 512
 nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used"} 11
 """
 
-class FakeClock:
-    """Returns 100.0, 101.0, ... so each update time is distinct and known."""
-
-    def __init__(self) -> None:
-        self.now = 99.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture
 def make_extractor(handle: Any) -> Callable[..., CoreMetricsExtractor]:
     def build(params: dict[str, Any] | None = None) -> CoreMetricsExtractor:
         # Built as the registry builds it (decode, then construct), plus a deterministic clock.
         decoded = decode_params(CoreMetricsParams, params, "plugins[0].parameters")
-        return CoreMetricsExtractor("core-metrics-extractor", decoded, handle, clock=FakeClock())
+        return CoreMetricsExtractor("core-metrics-extractor", decoded, handle, clock=TickingClock())
 
     return build
 

@@ -32,17 +32,7 @@ from epp.plugins.datalayer.file_source import (
     JsonValueError,
     JsonValues,
 )
-
-
-class FakeClock:
-    """Returns 100.0, 101.0, ... so each update time is distinct and known."""
-
-    def __init__(self) -> None:
-        self.now = 99.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
+from epp.testing.clock import TickingClock
 
 
 def new_handle() -> Handle:
@@ -55,7 +45,7 @@ def source(**raw: Any) -> JsonFileSource:
 
 def metric(**raw: Any) -> JsonMetricExtractor:
     return JsonMetricExtractor("jm", decode_params(JsonMetricParams, raw, "parameters"), new_handle(),
-                               clock=FakeClock())
+                               clock=TickingClock())
 
 
 def replace_file(path: Path, document: Any) -> None:

@@ -25,6 +25,7 @@ from epp.plugins.datalayer.prometheus_metric import (
     PrometheusMetricParams,
 )
 from epp.plugins.scorers.metric import MetricScorer
+from epp.testing.clock import TickingClock
 from epp.testing.pages import MetricsPage
 
 PAGE = """\
@@ -38,21 +39,10 @@ other_metric 1
 """
 
 
-class FakeClock:
-    """Returns 100.0, 101.0, ... so each update time is distinct and known."""
-
-    def __init__(self) -> None:
-        self.now = 99.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 def extractor(clock: Callable[[], float] | None = None, **raw: Any) -> PrometheusMetricExtractor:
     params = decode_params(PrometheusMetricParams, raw, "parameters")
     handle = Handle(pool=EndpointPool(), rng=random.Random(1))
-    return PrometheusMetricExtractor("pm", params, handle, clock=clock or FakeClock())
+    return PrometheusMetricExtractor("pm", params, handle, clock=clock or TickingClock())
 
 
 def scraped(plugin: PrometheusMetricExtractor, ep: Endpoint, page: str = PAGE) -> ScrapedSeries:
