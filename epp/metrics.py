@@ -173,9 +173,10 @@ class ModelLabels:
 
     def served(self, model: str, target: str) -> None:
         pair = (bound_label(model), bound_label(target))
+        if pair in self._served:
+            return  # labels() already moved it to the end when the request started
         self._provisional.pop(pair, None)
         self._served[pair] = None
-        self._served.move_to_end(pair)
         if len(self._served) > MAX_CHILDREN:
             self._served.popitem(last=False)
 

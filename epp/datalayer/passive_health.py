@@ -60,11 +60,10 @@ from typing import Any
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.pool import EndpointPool
 
-__all__ = ["NO_RESPONSE", "EjectionPolicy", "PassiveHealth", "is_failure", "outlier_view", "routable"]
+__all__ = ["EjectionPolicy", "PassiveHealth", "is_failure", "outlier_view", "routable"]
 
 log = logging.getLogger(__name__)
 
-NO_RESPONSE = 0  # no valid status (a caller that knows the endpoint failed to answer may record it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ class EjectionPolicy:
 
 
 def is_failure(status: int) -> bool:
-    """5xx, or no valid response at all (status 0: connect failure, reset before headers)."""
+    """5xx, or no valid status at all (a missing or unparsable ``:status`` reads as 0)."""
     return status >= 500 or status < 100
 
 
