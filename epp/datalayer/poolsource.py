@@ -11,28 +11,24 @@ Pool file format (YAML)::
         labels:                             # optional
           inference.networking.k8s.io/engine-type: sglang
 
-The file is polled (``stat`` every ``poll_interval``). Replace it by writing a new file
-and renaming it over the old one (``mv pool.yaml.tmp pool.yaml``): a rename is atomic, so
-the watcher never sees a half-written file. Written in place, a change is applied only
-once the file has been seen unchanged (same mtime, size, inode and content hash) on two
-consecutive polls, and never if it fails to parse: the pool keeps its last good members.
-Reading and parsing run in a worker thread, so a large or slow file never stalls streams.
+The file is watched by ``epp.datalayer.filewatch``: replace it by writing a new file and
+renaming it over the old one (``mv pool.yaml.tmp pool.yaml``); a change written in place
+is applied once it has settled, and never if it fails to parse: the pool keeps its last
+good members.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import ipaddress
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from epp.datalayer.endpoint import EndpointMetadata, format_hostport
+from epp.datalayer.filewatch import FileWatcher
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
 from epp.yamlsafe import bounded_repr, shown
@@ -149,95 +145,10 @@ def parse_pool_file(text: str, source: str = "pool file") -> list[EndpointMetada
 _Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
 
 
-class PoolFileWatcher:
-    """Keeps the pool equal to the pool file's contents.
-
-    Replace the file by write-then-rename; a file written in place is applied only after
-    two consecutive polls saw the same signature and content hash, and a file that fails
-    to parse is never applied (see the module docstring).
-    """
+class PoolFileWatcher(FileWatcher[list[EndpointMetadata]]):
+    """Keeps the pool equal to the pool file's contents (see ``epp.datalayer.filewatch``)."""
 
     def __init__(self, path: Path, pool: EndpointPool, poll_interval: float = 0.25) -> None:
-        self.path = path
         self.pool = pool
-        self.poll_interval = poll_interval
-        # Signature of the content last applied, or last refused: nothing to do until it changes.
-        self._settled: _Signature | None = None
-        self._applied_digest: bytes | None = None
-        # What the previous poll saw of a changed file; applied when the next poll sees the same.
-        self._pending: tuple[_Signature | None, bytes] | None = None
-
-    def _signature(self) -> _Signature | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _read(self) -> bytes:
-        try:
-            return self.path.read_bytes()
-        except OSError as exc:
-            raise ConfigError("--pool-file", f"cannot read {self.path}: {exc.strerror}") from exc
-
-    def _parse(self, data: bytes) -> list[EndpointMetadata]:
-        try:
-            text = data.decode()
-        except UnicodeDecodeError as exc:
-            raise ConfigError(str(self.path), f"not UTF-8 at byte {exc.start}") from None
-        return parse_pool_file(text, str(self.path))
-
-    def load(self) -> None:
-        """Read the file now and apply it; raises ``ConfigError`` when it is missing or invalid."""
-        signature = self._signature()
-        data = self._read()
-        self.pool.replace_all(self._parse(data))
-        self._settled, self._applied_digest, self._pending = signature, hashlib.sha256(data).digest(), None
-
-    def _check(self) -> list[EndpointMetadata] | None:
-        """One poll, off the event loop: the members to apply now, or ``None``.
-
-        Raises ``ConfigError`` for a changed file that settled but cannot be read or parsed.
-        """
-        signature = self._signature()
-        if signature == self._settled:
-            return None
-        try:
-            data = self._read()
-        except ConfigError:
-            self._settled = signature  # report a missing file once, not every poll
-            raise
-        digest = hashlib.sha256(data).digest()
-        if digest == self._applied_digest:  # touched, or rewritten with the same bytes
-            self._settled, self._pending = signature, None
-            return None
-        if self._pending != (signature, digest):
-            self._pending = (signature, digest)  # maybe still being written: wait for the next poll
-            return None
-        self._settled, self._pending = signature, None
-        members = self._parse(data)
-        self._applied_digest = digest
-        return members
-
-    async def poll(self) -> bool:
-        """Check the file once and apply a settled change; ``True`` when the pool was replaced."""
-        try:
-            members = await asyncio.to_thread(self._check)
-        except ConfigError as exc:
-            log.error("pool file change ignored, keeping %d endpoints: %s", len(self.pool.endpoints()), exc)
-            return False
-        if members is None:
-            return False
-        self.pool.replace_all(members)
-        log.info("pool file reloaded: %d endpoints", len(self.pool.endpoints()))
-        return True
-
-    async def watch(self) -> None:
-        """Poll for changes until cancelled; a failed reload keeps the current pool."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.poll()
-            except Exception:  # noqa: BLE001 - e.g. a permission error; keep watching
-                log.exception("pool file %s: reload failed, keeping %d endpoints", self.path,
-                              len(self.pool.endpoints()))
+        super().__init__(path, "--pool-file", lambda text: parse_pool_file(text, str(path)), pool.replace_all,
+                         lambda: f"{len(pool.endpoints())} endpoints", poll_interval)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from epp.datalayer.pool import EndpointPool
+    from epp.flowcontrol.types import WorkloadStatsView
 
 __all__ = ["BasePlugin", "Handle", "Plugin", "TypedName"]
 
@@ -48,12 +49,15 @@ class Handle:
         rng: the one random source for routing decisions; seeded in tests.
         metrics_registry: where plugins register their own Prometheus collectors.
         plugins: instances built so far, by name (lets a plugin find a peer it depends on).
+        workloads: per-workload wait time and request rate (``epp.flowcontrol.workloads``),
+            read-only; ``None`` when flow control is not running.
     """
 
     pool: EndpointPool
     rng: random.Random = field(default_factory=random.Random)
     metrics_registry: CollectorRegistry | None = None
     plugins: dict[str, Any] = field(default_factory=dict)
+    workloads: WorkloadStatsView | None = None
 
 
 class BasePlugin:
