@@ -7,6 +7,8 @@ defined here, and consumers read that value.
   read by prefix scorers and filters, and by the director's dispatch accounting.
 - ``InFlightLoad`` is written by ``inflight-load-producer`` and read by ``token-load-scorer``
   and ``prefill-load-scorer``.
+- ``LatencyPredictions`` is written by ``predicted-latency-producer`` and read by
+  ``latency-scorer``, ``slo-headroom-tier-filter`` and ``latency-slo-admitter``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CHARS_PER_TOKEN",
     "INFLIGHT_LOAD_KEY",
+    "LATENCY_PREDICTIONS_KEY",
     "PREFIX_MATCH_KEY",
     "InFlightLoad",
+    "LatencyPrediction",
+    "LatencyPredictions",
     "PrefixMatch",
     "inflight_load",
+    "latency_predictions",
     "prefix_match",
     "prompt_tokens",
     "request_prompt_tokens",
@@ -40,6 +46,7 @@ CHARS_PER_TOKEN = 4
 PREFIX_MATCH_KEY = "PrefixCacheMatchInfoKey"
 
 INFLIGHT_LOAD_KEY = "InFlightLoadKey"
+LATENCY_PREDICTIONS_KEY = "LatencyPredictionInfoKey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +126,52 @@ def inflight_load(cycle: CycleState) -> InFlightLoad:
     """The picker's in-flight load, or no load at all when no producer ran."""
     value = cycle.get(INFLIGHT_LOAD_KEY)
     return value if isinstance(value, InFlightLoad) else _NO_LOAD
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPrediction:
+    """Predicted latency of one request on one endpoint, and its headroom against the request's SLO.
+
+    Headroom is ``objective × sloBufferFactor − predicted`` in milliseconds: positive meets
+    the objective with room to spare. A request without an objective has headroom
+    ``0 − predicted`` (always negative), as in the Go EPP, so scorers fall back to
+    "lowest predicted latency"; ``has_ttft_slo``/``has_tpot_slo`` say which case it is.
+    ``dispatched`` is the requests this picker has in flight on the endpoint (an idle
+    endpoint is an escape hatch when no endpoint meets the objective).
+    """
+
+    ttft_ms: float
+    tpot_ms: float
+    ttft_headroom_ms: float
+    tpot_headroom_ms: float
+    has_ttft_slo: bool = False
+    has_tpot_slo: bool = False
+    dispatched: int = 0
+    kv_cache_usage: float = 0.0
+
+    @property
+    def meets_slo(self) -> bool:
+        """Both objectives the request states are predicted to be met (true when it states none)."""
+        return (not self.has_ttft_slo or self.ttft_headroom_ms >= 0) and (
+            not self.has_tpot_slo or self.tpot_headroom_ms >= 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPredictions:
+    """Predictions per endpoint name for one request; endpoints missing here have none."""
+
+    by_endpoint: Mapping[str, LatencyPrediction] = field(default_factory=dict)
+    ttft_slo_ms: float | None = None
+    tpot_slo_ms: float | None = None
+
+    def get(self, endpoint: str) -> LatencyPrediction | None:
+        return self.by_endpoint.get(endpoint)
+
+
+_NO_PREDICTIONS = LatencyPredictions()
+
+
+def latency_predictions(cycle: CycleState) -> LatencyPredictions:
+    """What the latency producer predicted for this request; empty when it did not run."""
+    value = cycle.get(LATENCY_PREDICTIONS_KEY)
+    return value if isinstance(value, LatencyPredictions) else _NO_PREDICTIONS

@@ -42,6 +42,10 @@ class InferenceRequest:
         prompt: what the model reads, as bytes, in the form the Go EPP hashes for prefix
             matching (plain text for completions, JSON for structured inputs).
         received_at: ``time.monotonic()`` when the request headers arrived.
+        slo_ttft_ms, slo_tpot_ms: latency objectives from ``x-slo-ttft-ms`` and
+            ``x-slo-tpot-ms`` (positive milliseconds), ``None`` when not given.
+        workload_id, criticality: the workload context (``x-workload-id``,
+            ``x-workload-criticality`` 1-5, 3 when absent or out of range).
     """
 
     request_id: str
@@ -59,6 +63,10 @@ class InferenceRequest:
     cache_salt: str = ""
     prompt: bytes = b""
     received_at: float = 0.0
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    workload_id: str = "default"
+    criticality: int = 3
     # Per-request scratch space for request-lifecycle plugins (keyed by plugin name),
     # e.g. the prefix hashes computed in PrepareData and recorded again in PreRequest.
     plugin_state: dict[str, Any] = field(default_factory=dict)
