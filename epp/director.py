@@ -1,8 +1,10 @@
 """The director: the request lifecycle, in one place and in this order.
 
 1. parse (parser plugin; 400 on bad input)  2. model-name rewrite (the new body is the
-original bytes with only the model value changed)  3. admission (pass-through until flow
-control lands)  4. candidates (pool ∩ subset hint; 503; ready and not ejected first)
+original bytes with only the model value changed)  3. admission (with the flowControl gate:
+wait in the flow controller's queue, 429 over capacity, 503 when the wait outlives the TTL;
+without it, Go's legacy rule: a sheddable request (priority < 0) gets 429 while the pool is
+saturated)  4. candidates (pool ∩ subset hint; 503; ready and not ejected first)
 5. prepare data (data producers)  6. admitter plugins  7. schedule (profiles; 429 when
 all filtered out)  8. pre-request plugins (dispatch accounting last)  9. request metrics,
 and the body released
@@ -20,6 +22,7 @@ bytes and turns its ``Decision`` or ``PickerError`` into protocol messages.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +34,10 @@ from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.passive_health import PassiveHealth, routable
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.subset import subset_candidates
-from epp.errors import BadRequest, InternalError, PickerError, ServiceUnavailable
+from epp.errors import BadRequest, InternalError, PickerError, ResourceExhausted, ServiceUnavailable
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.objectives import ObjectiveStore
+from epp.flowcontrol.types import DEFAULT_CRITICALITY, DEFAULT_WORKLOAD_ID, FlowControlRequest, FlowKey, WorkloadContext
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.hookerrors import HookErrors
 from epp.metrics import PickerMetrics
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+WORKLOAD_ID_HEADER = "x-workload-id"
+CRITICALITY_HEADER = "x-workload-criticality"
+SLO_TTFT_HEADER = "x-slo-ttft-ms"
+SLO_TPOT_HEADER = "x-slo-tpot-ms"
 DEFAULT_FAIRNESS_ID = "default-flow"
 # Fairness ids and objective names are Kubernetes-style names (at most 253 characters);
 # they key per-flow state, so a client must not be able to make them arbitrarily large.
@@ -75,6 +85,9 @@ class Director:
         account_dispatches: bool = True,
         honor_rewrite_header: bool = True,
         passive_health: PassiveHealth | None = None,
+        flow_controller: FlowController | None = None,
+        objectives: ObjectiveStore | None = None,
+        honor_criticality_header: bool = True,
     ) -> None:
         self.pool = pool
         self.config = config
@@ -84,6 +97,9 @@ class Director:
         self.honor_subset_hint = honor_subset_hint
         self.honor_rewrite_header = honor_rewrite_header
         self.passive_health = passive_health
+        self.flow_controller = flow_controller
+        self.objectives = objectives
+        self.honor_criticality_header = honor_criticality_header
         self._errors = HookErrors()
         self._pre_request = [*config.pre_request, *([DispatchAccounting()] if account_dispatches else [])]
 
@@ -113,18 +129,29 @@ class Director:
         rewrite = headers.get(MODEL_REWRITE_HEADER) if self.honor_rewrite_header else None
         if rewrite:
             target = check_model_name(rewrite, f"header {MODEL_REWRITE_HEADER}")
+        objective = _bounded_header(headers, OBJECTIVE_HEADER) or None
         request = InferenceRequest(
             request_id=ctx.request_id, api=parsed.api, path=parsed.path, model=parsed.model, target_model=target,
             body=parsed.body, raw_body=body, stream=parsed.stream, headers=headers,
             fairness_id=_bounded_header(headers, FAIRNESS_ID_HEADER) or DEFAULT_FAIRNESS_ID,
-            objective=_bounded_header(headers, OBJECTIVE_HEADER) or None, cache_salt=parsed.cache_salt,
-            prompt=parsed.prompt, received_at=ctx.received_at,
+            objective=objective, priority=self.objectives.priority(objective) if self.objectives else 0,
+            cache_salt=parsed.cache_salt, prompt=parsed.prompt, received_at=ctx.received_at,
+            slo_ttft_ms=_objective_ms(headers, SLO_TTFT_HEADER), slo_tpot_ms=_objective_ms(headers, SLO_TPOT_HEADER),
+            workload_id=_bounded_header(headers, WORKLOAD_ID_HEADER) or DEFAULT_WORKLOAD_ID,
+            criticality=_criticality(headers) if self.honor_criticality_header else DEFAULT_CRITICALITY,
         )
         ctx.request = request
         # Everything that can fail the request happens before any bookkeeping: once
         # ``ctx.scheduled`` is called, ``finish`` releases what follows, exactly once.
         new_body = replace_model(body, target) if target != parsed.model else None
+        controller = self.flow_controller
+        if controller is not None:
+            # Waits here while the pool is saturated; candidates are chosen after the wait.
+            await controller.enqueue_and_wait(_flow_request(request))
         candidates = self.candidates(subset)
+        if controller is None and request.priority < 0 and \
+                self.config.saturation_detector.saturation(candidates, time.monotonic()) >= 1.0:
+            raise ResourceExhausted("system saturated, sheddable request dropped")
         cycle = CycleState()
         for producer in self.config.producers:
             try:
@@ -132,7 +159,7 @@ class Director:
             except Exception:  # noqa: BLE001 - missing data degrades scoring, never fails the request
                 self._errors.report("data producer", producer)
         for admitter in self.config.admitters:
-            await admitter.admit(request, candidates)
+            await admitter.admit(request, candidates, cycle)
         result = self._schedule(cycle, request, candidates)
         endpoints = result.primary.endpoints
         # Bookkeeping from here on; none of it may raise (paired with ``finish``).
@@ -235,6 +262,8 @@ class Director:
             return
         ctx.finished = True
         request = ctx.request
+        if self.flow_controller is not None:
+            self.flow_controller.notify()  # the pool may have room for a waiting request now
         if completed:
             ctx.response.completed = True
             ctx.response.usage = ctx.usage.finish() if ctx.usage is not None else None
@@ -279,6 +308,38 @@ class Director:
             if usage.completion_tokens > 0:
                 per_model.output_tokens.observe(usage.completion_tokens)
                 per_model.normalized_tpot.observe(elapsed / usage.completion_tokens)
+
+
+def _flow_request(request: InferenceRequest) -> FlowControlRequest:
+    """The request as flow control sees it; its TTL is the configured default (set by the controller)."""
+    return FlowControlRequest(
+        request_id=request.request_id, flow=FlowKey(request.fairness_id, request.priority),
+        size_bytes=request.size_bytes, received_at=request.received_at,
+        workload=WorkloadContext(request.workload_id, request.criticality), slo_ttft_ms=request.slo_ttft_ms,
+        model=request.model, target_model=request.target_model,
+    )
+
+
+def _objective_ms(headers: Mapping[str, str], name: str) -> float | None:
+    """A latency objective header: a positive number of milliseconds, or absent."""
+    value = headers.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise BadRequest(f"header {name} must be a positive number of milliseconds, got {value[:32]!r}")
+    return number
+
+
+def _criticality(headers: Mapping[str, str]) -> int:
+    """``x-workload-criticality``: 1 (least) to 5 (most critical); absent or anything else is 3."""
+    value = headers.get(CRITICALITY_HEADER, "").strip()
+    if len(value) == 1 and "1" <= value <= "5":
+        return int(value)
+    return DEFAULT_CRITICALITY
 
 
 def _bounded_header(headers: Mapping[str, str], name: str) -> str:

@@ -27,10 +27,11 @@ from prometheus_client.registry import Collector
 
 from epp import __version__
 from epp.datalayer.pool import EndpointPool
+from epp.flowcontrol.types import FlowControlRequest, QueueOutcome
 from epp.framework.plugin import TypedName
 from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily, Lifecycle, bound_label
 
-__all__ = ["ModelLabels", "ModelMetrics", "PickerMetrics"]
+__all__ = ["FlowControlMetrics", "ModelLabels", "ModelMetrics", "PickerMetrics"]
 
 _LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60, 120,
@@ -42,9 +43,12 @@ _INPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
                         262144, 524288, 1048576)
 _OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _TPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                  120.0, 300.0)
 _SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 _MODEL = ("model_name", "target_model_name")
+_FLOW = ("fairness_id", "priority", "inference_pool", "model_name", "target_model_name")
 
 
 _POOL_GAUGES = (
@@ -276,6 +280,21 @@ class PickerMetrics:
             "epp_request_body_refused_total",
             "Request bodies refused while being received: too_large (413, --max-request-body-bytes) or "
             "budget (429, --max-inflight-body-bytes).", ["reason"], r, lifecycle=life, expires=False)
+        # Flow control (Go's names and labels); fed by ``FlowControlMetrics``.
+        self.flow_queue_size = GaugeFamily("inference_extension_flow_control_queue_size",
+                                           "Current number of requests being actively managed by the EPP flow "
+                                           "control layer.", _FLOW, r, lifecycle=life)
+        self.flow_queue_bytes = GaugeFamily("inference_extension_flow_control_queue_bytes",
+                                            "Current size in bytes of all requests being actively managed by the "
+                                            "EPP flow control layer.", _FLOW, r, lifecycle=life)
+        self.flow_queue_duration = histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Distribution of the total time requests spend in the EPP flow control layer, measured from the start "
+            "of the EnqueueAndWait call until a final outcome is reached.", _QUEUE_BUCKETS,
+            ("fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"))
+        self.flow_pool_saturation = GaugeFamily("inference_extension_flow_control_pool_saturation",
+                                                "Current saturation level of the inference pool (0 idle, 1.0 or more "
+                                                "saturated).", ["inference_pool"], r, lifecycle=life, expires=False)
         if pool is not None:
             r.register(_PoolCollector(pool))
 
@@ -314,3 +333,42 @@ class PickerMetrics:
     def plugin_observer(self, extension_point: str, name: TypedName) -> Callable[[float], None]:
         """A pre-bound ``observe`` for one plugin (label lookup done once, not per call)."""
         return self.plugin_duration.labels(extension_point, name.type, name.name).observe
+
+
+class FlowControlMetrics:
+    """The flow controller's observer (``epp.flowcontrol.controller.FlowObserver``): queue gauges,
+    queue-duration histogram and pool saturation, with the Go EPP's labels.
+
+    A request's labels are fixed when it first enters the queue and kept until it leaves,
+    so each gauge decrement hits the child its increment did (a model pair's labels may
+    change while it waits, see ``ModelLabels``).
+    """
+
+    def __init__(self, metrics: PickerMetrics, pool_name: str) -> None:
+        self.metrics = metrics
+        self.pool_name = pool_name
+        self._saturation = metrics.flow_pool_saturation.labels(pool_name)
+        self._labels: dict[FlowControlRequest, tuple[str, str, str, str, str]] = {}
+
+    def _flow_labels(self, request: FlowControlRequest) -> tuple[str, str, str, str, str]:
+        model, target = self.metrics.models.labels(request.model, request.target_model)
+        return (request.flow.fairness_id, str(request.flow.priority), self.pool_name, model, target)
+
+    def queued(self, request: FlowControlRequest, count_delta: int, bytes_delta: int) -> None:
+        labels = self._labels.get(request)
+        if labels is None:
+            labels = self._labels[request] = self._flow_labels(request)
+        self.metrics.flow_queue_size.labels(*labels).inc(count_delta)
+        self.metrics.flow_queue_bytes.labels(*labels).inc(bytes_delta)
+        if count_delta < 0:
+            del self._labels[request]
+
+    def left(self, request: FlowControlRequest, outcome: QueueOutcome, waited: float) -> None:
+        fairness, priority, pool, model, target = self._labels.get(request) or self._flow_labels(request)
+        self.metrics.flow_queue_duration.labels(fairness, priority, str(outcome), pool, model, target).observe(waited)
+
+    def saturation(self, value: float) -> None:
+        self._saturation.set(value)
+
+    def debug_sizes(self) -> dict[str, int]:
+        return {"labelledRequests": len(self._labels)}

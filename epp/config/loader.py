@@ -4,7 +4,9 @@ Order (as in the Go EPP's loader): decode strictly → instantiate plugins in li
 create missing data producers → default the scheduling layer (a ``default`` profile with
 every filter/scorer/picker when none is given; ``single-profile-handler`` for a single
 profile; a picker for every profile lacking one; scorer weight 1) → parser → data layer
-→ saturation detector → sort every plugin into the per-phase lists it implements.
+→ saturation detector → flow control (its policies: plugins by name, or built from a
+registered policy type name, as Go registers its default policies) → sort every plugin
+into the per-phase lists it implements.
 
 Every failure is a ``ConfigError`` naming the field, raised before the server starts.
 """
@@ -15,9 +17,12 @@ import logging
 from dataclasses import dataclass
 
 from epp.config.defaults import DEFAULT_CONFIG
-from epp.config.schema import ConfigDocument, FlowControlSpec, ProfileSpec, decode_document
+from epp.config.flowcontrol import build_flow_control
+from epp.config.schema import ConfigDocument, ProfileSpec, decode_document
 from epp.datalayer.collector import SourceBinding
 from epp.errors import ConfigError
+from epp.flowcontrol.controller import FlowControlSettings
+from epp.flowcontrol.types import SaturationDetector
 from epp.framework.datalayer import DataSource, Extractor
 from epp.framework.parsing import Parser
 from epp.framework.plugin import BasePlugin, Handle
@@ -40,6 +45,8 @@ __all__ = ["PickerConfig", "load_config"]
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORER_WEIGHT = 1.0
+DEFAULT_SATURATION_DETECTOR = "utilization-detector"
+FLOW_CONTROL_GATE = "flowControl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +64,9 @@ class PickerConfig:
     response_complete: tuple[ResponseComplete, ...]
     data_bindings: tuple[SourceBinding, ...]
     feature_gates: frozenset[str]
-    flow_control: FlowControlSpec | None
-    saturation_detector_ref: str | None
+    # None without the flowControl feature gate: the legacy admission rule applies.
+    flow_control: FlowControlSettings | None
+    saturation_detector: SaturationDetector
 
 
 class _Builder:
@@ -165,6 +173,11 @@ class _Builder:
             handlers = [self.add("single-profile-handler", "single-profile-handler", None,
                                  "plugins[single-profile-handler (auto-created)]")]
         handler = handlers[0]
+        # A handler that routes by profile name checks the names now, not as a 500 per request.
+        validate = getattr(handler, "validate_profiles", None)
+        if callable(validate):
+            index = next((i for i, e in enumerate(self.doc.plugins) if e.name == handler.typed_name.name), None)
+            validate(list(profiles), f"plugins[{index}]" if index is not None else "plugins")
         if handler.typed_name.type == "single-profile-handler" and len(profiles) != 1:
             raise ConfigError("schedulingProfiles", "single-profile-handler supports exactly one scheduling profile",
                               shown(sorted(profiles)))
@@ -224,11 +237,44 @@ class _Builder:
             raise ConfigError(where, f"references undefined plugin {bounded_repr(ref)}")
         return plugin
 
-    def saturation_detector(self) -> str | None:
-        ref = self.doc.saturation_detector_ref
-        if ref is not None and ref not in self.plugins and ref != "utilization-detector":
-            raise ConfigError("saturationDetector.pluginRef", f"references undefined plugin {bounded_repr(ref)}")
-        return ref
+    def saturation_detector(self) -> SaturationDetector:
+        """The configured detector; without one, ``utilization-detector`` (GIE v1.3's inline thresholds apply)."""
+        ref = self.doc.saturation_detector_ref or DEFAULT_SATURATION_DETECTOR
+        plugin = self.plugins.get(ref)
+        if plugin is None:
+            if ref != DEFAULT_SATURATION_DETECTOR:
+                raise ConfigError("saturationDetector.pluginRef", f"references undefined plugin {bounded_repr(ref)}")
+            plugin = self.add(ref, ref, self.doc.saturation_detector_params,
+                              "saturationDetector" if self.doc.saturation_detector_params else
+                              f"plugins[{ref} (auto-created)]")
+        elif self.doc.saturation_detector_params:
+            raise ConfigError("saturationDetector", f"inline thresholds and a plugin named {bounded_repr(ref)}: "
+                                                    "set the thresholds as that plugin's parameters")
+        if not isinstance(plugin, SaturationDetector):
+            raise ConfigError("saturationDetector.pluginRef",
+                              f"plugin {bounded_repr(ref)} ({plugin.typed_name.type}) is not a saturation detector")
+        return plugin
+
+    def policy(self, ref: str, proto: type, where: str) -> BasePlugin:
+        """A flow-control policy by plugin name; a registered policy type name builds one with defaults."""
+        plugin = self.plugins.get(ref)
+        if plugin is None:
+            spec = self.registry.get(ref)
+            if spec is None or not issubclass(spec.cls, proto):
+                raise ConfigError(where, f"references undefined plugin {bounded_repr(ref)}")
+            plugin = self.add(ref, ref, None, f"plugins[{ref} (auto-created)]")
+        if not isinstance(plugin, proto):
+            raise ConfigError(where, f"plugin {bounded_repr(ref)} ({plugin.typed_name.type}) is not a "
+                                     f"{proto.__name__}")
+        return plugin
+
+    def flow_control(self) -> FlowControlSettings | None:
+        if FLOW_CONTROL_GATE not in self.doc.feature_gates:
+            if self.doc.flow_control is not None:
+                log.warning("flowControl is set but the flowControl feature gate is not: requests are admitted "
+                            "without queueing (add featureGates: [flowControl])")
+            return None
+        return build_flow_control(self.doc.flow_control, self.policy)
 
     def producers_in_order(self) -> tuple[DataProducer, ...]:
         """Data producers sorted so that a producer runs after those it consumes from."""
@@ -261,10 +307,7 @@ def load_config(text: str | None, registry: Registry, handle: Handle, observer: 
     parser = builder.parser()
     bindings = builder.data_layer()
     saturation = builder.saturation_detector()
-    if "flowControl" in doc.feature_gates or doc.flow_control is not None:
-        log.warning("flowControl is validated but not enforced by this version: requests are admitted directly")
-    if saturation is not None:
-        log.warning("saturationDetector %r is validated but not used by this version", saturation)
+    flow_control = builder.flow_control()
     return PickerConfig(
         plugins=dict(builder.plugins),
         scheduler=Scheduler(handler, profiles),
@@ -277,6 +320,6 @@ def load_config(text: str | None, registry: Registry, handle: Handle, observer: 
         response_complete=tuple(builder.of(ResponseComplete)),  # type: ignore[arg-type]
         data_bindings=bindings,
         feature_gates=doc.feature_gates,
-        flow_control=doc.flow_control,
-        saturation_detector_ref=saturation,
+        flow_control=flow_control,
+        saturation_detector=saturation,
     )

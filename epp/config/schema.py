@@ -98,6 +98,8 @@ class ConfigDocument:
     profiles: tuple[ProfileSpec, ...] = ()
     data_sources: tuple[DataSourceSpec, ...] | None = None  # None: not given (defaults apply)
     saturation_detector_ref: str | None = None
+    # GIE v1.3-v1.4 wrote the default detector's thresholds inline; they become its parameters.
+    saturation_detector_params: Mapping[str, Any] | None = None
     flow_control: FlowControlSpec | None = None
     parser_ref: str | None = None
 
@@ -154,6 +156,13 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(where, "expected an integer", shown(value))
     return value
+
+
+def _count(value: Any, where: str) -> int:
+    number = _int(value, where)
+    if number < 0:
+        raise ConfigError(where, "expected a non-negative integer (0 means no limit)", shown(value))
+    return number
 
 
 def _ref(value: Any, where: str) -> str:
@@ -216,7 +225,7 @@ def _band(raw: Any, where: str, needs_priority: bool) -> PriorityBandSpec:
     return PriorityBandSpec(
         priority=_int(band["priority"], f"{where}.priority") if "priority" in band else 0,
         max_bytes=parse_quantity(band["maxBytes"], f"{where}.maxBytes") if "maxBytes" in band else None,
-        max_requests=_int(band["maxRequests"], f"{where}.maxRequests") if "maxRequests" in band else None,
+        max_requests=_count(band["maxRequests"], f"{where}.maxRequests") if "maxRequests" in band else None,
         fairness_policy_ref=_str(band["fairnessPolicyRef"], f"{where}.fairnessPolicyRef")
         if "fairnessPolicyRef" in band else None,
         ordering_policy_ref=_str(band["orderingPolicyRef"], f"{where}.orderingPolicyRef")
@@ -234,10 +243,10 @@ def _duration(value: Any, where: str) -> Duration:
 _LEGACY_SATURATION = frozenset({"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"})
 
 
-def _saturation_detector(raw: Any) -> str | None:
-    """``{pluginRef: name}``, or GIE v1.3-v1.4's inline thresholds (validated, meaning the default detector)."""
+def _saturation_detector(raw: Any) -> tuple[str | None, Mapping[str, Any] | None]:
+    """``{pluginRef: name}``, or GIE v1.3-v1.4's inline thresholds (the default detector's parameters)."""
     if raw is None:
-        return None
+        return None, None
     if isinstance(raw, Mapping) and "pluginRef" not in raw:
         section = _mapping(raw, "saturationDetector", _LEGACY_SATURATION)
         for key in ("queueDepthThreshold", "kvCacheUtilThreshold"):
@@ -247,8 +256,8 @@ def _saturation_detector(raw: Any) -> str | None:
                 raise ConfigError(f"saturationDetector.{key}", "expected a non-negative number", shown(value))
         if "metricsStalenessThreshold" in section:
             _duration(section["metricsStalenessThreshold"], "saturationDetector.metricsStalenessThreshold")
-        return "utilization-detector"
-    return _ref(raw, "saturationDetector")
+        return "utilization-detector", dict(section)
+    return _ref(raw, "saturationDetector"), None
 
 
 def _flow_control(raw: Any) -> FlowControlSpec:
@@ -262,7 +271,7 @@ def _flow_control(raw: Any) -> FlowControlSpec:
         raise ConfigError(f"{where}.priorityBands", "priorities must be unique", shown(priorities))
     return FlowControlSpec(
         max_bytes=parse_quantity(fc["maxBytes"], f"{where}.maxBytes") if "maxBytes" in fc else None,
-        max_requests=_int(fc["maxRequests"], f"{where}.maxRequests") if "maxRequests" in fc else None,
+        max_requests=_count(fc["maxRequests"], f"{where}.maxRequests") if "maxRequests" in fc else None,
         default_request_ttl=_duration(fc["defaultRequestTTL"], f"{where}.defaultRequestTTL")
         if "defaultRequestTTL" in fc else None,
         usage_limit_policy_plugin_ref=_str(fc["usageLimitPolicyPluginRef"], f"{where}.usageLimitPolicyPluginRef")
@@ -294,12 +303,14 @@ def decode_document(text: str) -> ConfigDocument | None:
     if "dataLayer" in doc and "data" in doc:
         raise ConfigError("data", "give either dataLayer or its older name data, not both")
     data_key = "dataLayer" if "dataLayer" in doc else "data"
+    saturation_ref, saturation_params = _saturation_detector(doc.get("saturationDetector"))
     return ConfigDocument(
         feature_gates=frozenset(gates),
         plugins=_plugins(doc.get("plugins")),
         profiles=_profiles(doc.get("schedulingProfiles")),
         data_sources=_data_sources(doc[data_key], data_key) if data_key in doc else None,
-        saturation_detector_ref=_saturation_detector(doc.get("saturationDetector")),
+        saturation_detector_ref=saturation_ref,
+        saturation_detector_params=saturation_params,
         flow_control=_flow_control(doc["flowControl"]) if doc.get("flowControl") is not None else None,
         parser_ref=_ref(doc["parser"], "parser") if doc.get("parser") is not None else None,
     )

@@ -90,6 +90,7 @@ class Collector:
         unready_after: int = 3,
         estimate_ttl: float | None = None,
         on_scrape_error: Callable[[str], None] | None = None,
+        on_scraped: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
         self.bindings = tuple(bindings)
@@ -101,6 +102,8 @@ class Collector:
         # no page will ever settle.
         self.estimate_ttl = 2 * interval + timeout if estimate_ttl is None else estimate_ttl
         self.on_scrape_error = on_scrape_error
+        # Called after every scrape of an endpoint (the flow controller re-reads saturation).
+        self.on_scraped = on_scraped
         self.freshness_bound = freshness_bound(interval, timeout)
         self._group: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -199,6 +202,8 @@ class Collector:
             self._failed(endpoint, state, error)
         else:
             self._succeeded(endpoint, state)
+        if self.on_scraped is not None:
+            self.on_scraped()
 
     def _extract(self, extractor: Extractor, data: object, endpoint: Endpoint, state: _State) -> None:
         key = str(getattr(extractor, "typed_name", extractor))

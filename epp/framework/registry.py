@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.errors import ConfigError, bounded_repr
+from epp.flowcontrol.types import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.framework.datalayer import DataSource, Extractor
 from epp.framework.params import decode_params, field_key
 from epp.framework.parsing import Parser
@@ -45,6 +46,10 @@ EXTENSION_POINTS: Mapping[str, type] = {
     "DataSource": DataSource,
     "Extractor": Extractor,
     "Parser": Parser,
+    "SaturationDetector": SaturationDetector,
+    "FairnessPolicy": FairnessPolicy,
+    "OrderingPolicy": OrderingPolicy,
+    "UsageLimitPolicy": UsageLimitPolicy,
 }
 
 

@@ -4,7 +4,8 @@
    filters and scorers read from the cycle state, e.g. prefix matches per endpoint.
    Producers run in dependency order. An exception is logged and the request continues
    without that data (scorers must tolerate a missing key by scoring neutrally).
-2. ``Admitter.admit`` (after data, before scheduling): raise a ``PickerError`` to reject.
+2. ``Admitter.admit`` (after data, before scheduling): raise a ``PickerError`` to reject;
+   it reads what the producers wrote from the cycle state (e.g. latency predictions).
 3. ``PreRequest.pre_request`` (after the destination is chosen, before Envoy is told):
    record what the request will cost the endpoint (in-flight counts, prefix ownership).
 4. ``ResponseReceived.response_received`` when the model server's headers arrive.
@@ -85,7 +86,7 @@ class DataProducer(Protocol):
 
 @runtime_checkable
 class Admitter(Protocol):
-    async def admit(self, request: InferenceRequest, endpoints: list[Endpoint]) -> None: ...
+    async def admit(self, request: InferenceRequest, endpoints: list[Endpoint], cycle: CycleState) -> None: ...
 
 
 @runtime_checkable

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from epp.framework.attributes import PREFIX_MATCH_KEY
+from epp.flowcontrol.fairness import GlobalStrictFairnessPolicy, RoundRobinFairnessPolicy
+from epp.flowcontrol.ordering import (
+    EdfOrderingPolicy,
+    FcfsOrderingPolicy,
+    SloDeadlineOrderingPolicy,
+    WorkloadAwareOrderingPolicy,
+)
+from epp.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
+from epp.flowcontrol.usage_limit import StaticUsageLimitPolicy
+from epp.framework.attributes import LATENCY_PREDICTIONS_KEY, PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.file_source import JsonFileSource, JsonMetricExtractor
@@ -27,6 +36,12 @@ from epp.plugins.scorers.prefill_load import PrefillLoadScorer
 from epp.plugins.scorers.queue import QueueScorer
 from epp.plugins.scorers.running_requests import RunningRequestsSizeScorer
 from epp.plugins.scorers.token_load import TokenLoadScorer
+from epp.plugins.slo.admitter import LatencySloAdmitter
+from epp.plugins.slo.producer import PredictedLatencyProducer
+from epp.plugins.slo.profile_handler import SloAwareProfileHandler
+from epp.plugins.slo.scorer import LatencyScorer
+from epp.plugins.slo.tier_filter import SloHeadroomTierFilter
+from epp.plugins.slo.tracker import SloRequestTracker
 
 __all__ = ["default_registry"]
 
@@ -54,6 +69,22 @@ def default_registry() -> Registry:
         JsonFileSource,
         JsonMetricExtractor,
         OpenAIParser,
+        # SLO-aware routing (latency predictions from predicted-latency-producer).
+        SloAwareProfileHandler,
+        LatencyScorer,
+        SloHeadroomTierFilter,
+        LatencySloAdmitter,
+        SloRequestTracker,
+        # Flow control: saturation detectors (also filters) and the queue's policies.
+        UtilizationDetector,
+        ConcurrencyDetector,
+        GlobalStrictFairnessPolicy,
+        RoundRobinFairnessPolicy,
+        FcfsOrderingPolicy,
+        EdfOrderingPolicy,
+        SloDeadlineOrderingPolicy,
+        WorkloadAwareOrderingPolicy,
+        StaticUsageLimitPolicy,
         # Test only (GIE conformance suite): never in a production config.
         HeaderBasedTestingFilter,
         DestinationEndpointServedVerifier,
@@ -61,4 +92,5 @@ def default_registry() -> Registry:
         registry.register(cls)
     registry.register(ApproxPrefixCacheProducer, default_producer_for=(PREFIX_MATCH_KEY,))
     registry.register(InFlightLoadProducer, default_producer_for=(INFLIGHT_LOAD_KEY,))
+    registry.register(PredictedLatencyProducer, default_producer_for=(LATENCY_PREDICTIONS_KEY,))
     return registry

@@ -8,6 +8,9 @@ Debug views (JSON):
 - ``GET /debug/decisions/{request_id}``: why one request went where it went: candidates,
   what each filter kept, each scorer's score per endpoint with its weight, the totals and
   the pick.
+- ``GET /debug/state``: the size of every per-key structure the picker holds.
+- ``GET /debug/flowcontrol``: the admission queue: bands, flows, queue lengths and bytes,
+  pool saturation (a frozen snapshot).
 
 JSON answers are strict JSON: a non-finite number (a model server may report a NaN gauge)
 is written as ``null``, since ``NaN`` and ``Infinity`` are not JSON and break parsers.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -63,7 +66,9 @@ def build_admin_app(
     is_ready: Callable[[], bool],
     token: TokenFile | None = None,
     state: Callable[[], dict[str, Any]] | None = None,
+    pages: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
 ) -> web.Application:
+    """The admin server. ``pages``: more JSON snapshots, served at ``/debug/<name>``."""
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -125,4 +130,12 @@ def build_admin_app(
     app.router.add_get("/debug/decisions", recent_decisions)
     app.router.add_get("/debug/decisions/{request_id}", decision)
     app.router.add_get("/debug/state", debug_state)
+    for name, snapshot in (pages or {}).items():
+        app.router.add_get(f"/debug/{name}", _snapshot_handler(snapshot))
     return app
+
+
+def _snapshot_handler(snapshot: Callable[[], dict[str, Any]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        return json_response(snapshot())
+    return handler

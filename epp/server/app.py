@@ -3,7 +3,8 @@
 Start-up order: options → pool (fails fast on a bad pool file) → config (fails fast on a
 bad config) → admin token and TLS credentials → director → ext_proc gRPC server (+ health)
 → health server → admin HTTP server on ``admin_bind`` → background tasks (collector,
-pool-file watcher) under one ``BackgroundTasks`` supervisor, and the readiness watch →
+pool-file and objectives-file watchers, the flow controller's dispatch loop) under one
+``BackgroundTasks`` supervisor, and the readiness watch →
 readiness SERVING once data is fresh: with scraping configured and a non-empty pool, some endpoint
 had a successful scrape within ``max(3 × interval + scrape timeout, 2 s)``
 (``epp.datalayer.collector.freshness_bound``). So readiness is NOT_SERVING until the
@@ -33,14 +34,17 @@ from grpc_health.v1 import health_pb2_grpc
 
 from epp.config.loader import PickerConfig, load_config
 from epp.datalayer.collector import Collector
-from epp.datalayer.passive_health import EjectionPolicy, PassiveHealth
+from epp.datalayer.passive_health import EjectionPolicy, PassiveHealth, routable
 from epp.datalayer.pool import EndpointPool
 from epp.datalayer.poolsource import PoolFileWatcher, parse_endpoint_list
 from epp.director import Director
 from epp.errors import ConfigError
+from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.objectives import ObjectivesFileWatcher, ObjectiveStore
+from epp.flowcontrol.workloads import WorkloadRegistry
 from epp.framework.plugin import Handle
 from epp.framework.registry import Registry
-from epp.metrics import PickerMetrics
+from epp.metrics import FlowControlMetrics, PickerMetrics
 from epp.plugins import default_registry
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
@@ -89,6 +93,8 @@ class ServeOptions:
     max_request_body_bytes: int = 64 * 1024 * 1024
     max_inflight_body_bytes: int = 1024 * 1024 * 1024
     honor_rewrite_header: bool = True
+    honor_criticality_header: bool = True
+    objectives_file: Path | None = None
     decision_log_size: int = 256
     account_dispatches: bool = True
     shutdown_grace_period: float = 30.0
@@ -181,6 +187,10 @@ class PickerServer:
         self.grpc_health_port = 0
         self.metrics_port = 0
         self._watcher: PoolFileWatcher | None = None
+        self.objectives = ObjectiveStore()
+        self._objectives_watcher: ObjectivesFileWatcher | None = None
+        self.workloads = WorkloadRegistry()
+        self.flow_controller: FlowController | None = None
         self._servers: list[grpc.aio.Server] = []
         self._extproc: ExtProcServicer | None = None
         self._admin: web.AppRunner | None = None
@@ -258,18 +268,30 @@ class PickerServer:
         self._check_options()
         self._load_pool()
         self._load_security()
+        if self.options.objectives_file is not None:
+            self._objectives_watcher = ObjectivesFileWatcher(self.options.objectives_file, self.objectives)
+            self._objectives_watcher.load()
         rng = random.Random(self.options.seed)
-        handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry)
+        handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry, workloads=self.workloads)
         self.config = load_config(self._config_text(), self.registry, handle, self.metrics.plugin_observer)
+        if self.config.flow_control is not None:
+            pool = self.pool
+            self.flow_controller = FlowController(
+                self.config.flow_control, self.config.saturation_detector,
+                lambda: routable(pool.endpoints(), time.monotonic()), self.workloads,
+                FlowControlMetrics(self.metrics, self.options.pool_name))
         self.director = Director(self.pool, self.config, self.metrics, rng, self.decisions,
                                  honor_subset_hint=self.options.honor_subset_hint,
                                  account_dispatches=self.options.account_dispatches,
                                  honor_rewrite_header=self.options.honor_rewrite_header,
-                                 passive_health=self._passive_health())
+                                 passive_health=self._passive_health(), flow_controller=self.flow_controller,
+                                 objectives=self.objectives,
+                                 honor_criticality_header=self.options.honor_criticality_header)
         scrape_errors = self.metrics.endpoint_scrape_errors
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures,
-                                   on_scrape_error=lambda name: scrape_errors.labels(name).inc())
+                                   on_scrape_error=lambda name: scrape_errors.labels(name).inc(),
+                                   on_scraped=self.flow_controller.notify if self.flow_controller else None)
         self.health.fresh = self.collector.has_fresh_data
 
     def debug_state(self) -> dict[str, Any]:
@@ -283,9 +305,25 @@ class PickerServer:
             "ejectedEndpoints": sum(ep.ejected(now) for ep in endpoints),
             "requestBodyBytesHeld": self._extproc.budget.held if self._extproc is not None else 0,
             "metrics": self.metrics.debug_sizes(),
+            "flowControl": {"queuedRequests": self.flow_controller.queued_requests,
+                            "queuedBytes": self.flow_controller.queued_bytes} if self.flow_controller else None,
+            "workloads": len(self.workloads),
+            "objectives": len(self.objectives),
             "decisionLog": self.decisions.debug_sizes(),
             "plugins": {str(p.typed_name): p.debug_sizes() for p in plugins if hasattr(p, "debug_sizes")},
         }
+
+    def flow_control_state(self) -> dict[str, Any]:
+        """``/debug/flowcontrol``: the queue when flow control runs, else what admission does instead."""
+        if self.flow_controller is not None:
+            return {"enabled": True, **self.flow_controller.snapshot(), "workloads": self.workloads.snapshot()}
+        assert self.config is not None
+        detector = self.config.saturation_detector
+        endpoints = routable(self.pool.endpoints(), time.monotonic())
+        return {"enabled": False,
+                "admission": "legacy: requests with priority < 0 get 429 while saturation >= 1.0",
+                "saturationDetector": str(detector.typed_name),  # type: ignore[attr-defined]
+                "saturation": detector.saturation(endpoints, time.monotonic())}
 
     def _passive_health(self) -> PassiveHealth:
         opts = self.options
@@ -333,7 +371,7 @@ class PickerServer:
             await server.start()
             self._servers.append(server)
         app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready,
-                              self._admin_token, self.debug_state)
+                              self._admin_token, self.debug_state, {"flowcontrol": self.flow_control_state})
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)
@@ -342,6 +380,10 @@ class PickerServer:
         self.tasks.start("collector", self.collector.run)
         if self._watcher is not None:
             self.tasks.start("pool-file watcher", self._watcher.watch)
+        if self._objectives_watcher is not None:
+            self.tasks.start("objectives-file watcher", self._objectives_watcher.watch)
+        if self.flow_controller is not None:
+            self.tasks.start("flow controller", self.flow_controller.run)
         self.health.start_watch(_READINESS_PERIOD)
         await self.health.set_ready(True)
         log.info("ext_proc on %s:%d (%s), gRPC health on :%d, admin http://%s:%d (%s); %d endpoints; profiles: %s",
@@ -367,6 +409,8 @@ class PickerServer:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()
         await self.tasks.aclose()
+        if self.flow_controller is not None:
+            self.flow_controller.close()
         await self.health.aclose()
         if self.config is not None:
             for binding in self.config.data_bindings:

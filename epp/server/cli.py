@@ -53,11 +53,17 @@ def add_parser(subparsers: Any) -> None:
                      help="serve a changed tls.crt/tls.key from --cert-path to new connections without a restart")
     sec.add_argument("--ignore-model-rewrite-header", action="store_true",
                      help="ignore a client-sent x-gateway-model-name-rewrite (set it only from a trusted filter)")
+    sec.add_argument("--ignore-criticality-header", action="store_true",
+                     help="ignore a client-sent x-workload-criticality: every request counts as criticality 3 "
+                          "(for gateways where clients must not rank their own requests)")
     cfg = p.add_argument_group("configuration")
     cfg.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
     cfg.add_argument("--config-text", help="EndpointPickerConfig YAML text")
     cfg.add_argument("--endpoints", help="static pool: comma-separated ip:port list")
     cfg.add_argument("--pool-file", type=Path, help="pool YAML file, watched for changes")
+    cfg.add_argument("--objectives-file", type=Path,
+                     help="InferenceObjective YAML documents (name -> priority for x-gateway-inference-objective), "
+                          "watched for changes")
     cfg.add_argument("--pool-name", default="default", help="pool name used in metric labels (default: %(default)s)")
     cfg.add_argument("--refresh-metrics-interval", type=_duration, default=0.05,
                      help="model-server scrape interval, Go duration (default: 50ms)")
@@ -99,6 +105,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         bind=args.bind, admin_bind=args.admin_bind, admin_token_file=args.admin_token_file,
         secure_serving=args.secure_serving, cert_path=args.cert_path, enable_cert_reload=args.enable_cert_reload,
         honor_rewrite_header=not args.ignore_model_rewrite_header,
+        honor_criticality_header=not args.ignore_criticality_header, objectives_file=args.objectives_file,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
         grpc_port=args.grpc_port, grpc_health_port=args.grpc_health_port,
         metrics_port=args.metrics_port, config_file=args.config_file, config_text=args.config_text,

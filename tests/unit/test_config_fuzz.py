@@ -34,7 +34,8 @@ from epp.framework.plugin import Handle
 from epp.plugins import default_registry
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-CONFIGS = {p.name: yaml.safe_load(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.name != "envoy.yaml"}
+CONFIGS = {p.name: yaml.safe_load(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.yaml"))
+           if p.name not in {"envoy.yaml", "objectives.yaml"}}  # not EndpointPickerConfigs
 # One more starting point with parameters and every section, so mutations reach plugin parameter decoding.
 CONFIGS["with-parameters"] = yaml.safe_load("""\
 apiVersion: inference.networking.x-k8s.io/v1alpha1

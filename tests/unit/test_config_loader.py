@@ -14,8 +14,9 @@ from epp.config.loader import PickerConfig, load_config
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
+from epp.flowcontrol.objectives import parse_objectives
 from epp.framework.datalayer import Extractor
-from epp.framework.plugin import BasePlugin, Handle
+from epp.framework.plugin import BasePlugin, Handle, TypedName
 from epp.framework.registry import Registry
 from epp.plugins import default_registry
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
@@ -74,6 +75,7 @@ schedulingProfiles:
 GIE_DEFAULT_TYPES = {
     "queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "approx-prefix-cache-producer",
     "metrics-data-source", "core-metrics-extractor", "single-profile-handler", "max-score-picker", "openai-parser",
+    "utilization-detector",  # the default saturation detector (legacy admission, flow control)
 }
 
 
@@ -160,16 +162,24 @@ def test_the_checked_in_gie_configs_load_as_the_helm_default(name: str) -> None:
     assert summary(load((CONFIG_DIR / name).read_text())) == summary(load(HELM_DEFAULT))
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "envoy.yaml"))
+NOT_PICKER_CONFIGS = {"envoy.yaml", "objectives.yaml"}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in NOT_PICKER_CONFIGS))
 def test_every_example_config_loads(name: str) -> None:
     assert load((CONFIG_DIR / name).read_text()).scheduler.profiles
 
 
-def test_the_helm_latency_predictor_config_fails_naming_the_first_unknown_plugin_type() -> None:
-    err = load_error(HELM_LATENCY_PREDICTOR)
-    assert err.field == "plugins[0].type"
-    assert "unknown plugin type 'predicted-latency-producer'" in err.reason
-    assert "registered:" in err.reason and "prefix-cache-affinity-filter" in err.reason
+def test_the_example_objectives_file_loads() -> None:
+    assert parse_objectives((CONFIG_DIR / "objectives.yaml").read_text()) == {"interactive": 100, "batch": -1}
+
+
+def test_the_helm_latency_predictor_config_loads_unchanged() -> None:
+    profile = load(HELM_LATENCY_PREDICTOR).scheduler.profiles["default"]
+    assert [f.typed_name.name for f in profile.filters] == [  # type: ignore[attr-defined]
+        "strict-affinity-filter", "slo-headroom-tier-filter", "loose-affinity-filter"]
+    assert [ws.scorer.typed_name.name for ws in profile.scorers] == ["latency-scorer"]  # type: ignore[attr-defined]
+    assert profile.picker.typed_name.name == "weighted-random-picker"  # type: ignore[attr-defined]
 
 
 # --- system defaults --------------------------------------------------------------------
@@ -404,8 +414,8 @@ def test_an_extractor_that_cannot_read_its_source_output_is_rejected() -> None:
         pytest.param("plugins:\n- {name: a, type: queue-scorer}\n- {name: a, type: kv-cache-utilization-scorer}\n",
                      "plugins[1].name", "duplicate plugin name 'a'", id="two plugins with the same explicit name"),
         pytest.param("plugins:\n- name: q\n", "plugins[0].type", "missing a type", id="a plugin without a type"),
-        pytest.param("plugins:\n- type: queue-scorer\n- type: latency-scorer\n", "plugins[1].type",
-                     "unknown plugin type 'latency-scorer'", id="an unregistered plugin type"),
+        pytest.param("plugins:\n- type: queue-scorer\n- type: no-such-scorer\n", "plugins[1].type",
+                     "unknown plugin type 'no-such-scorer'", id="an unregistered plugin type"),
         pytest.param("plugins:\n- type: max-score-picker\n  parameters: {maxNumOfEndpoints: '2'}\n",
                      "plugins[0].parameters.maxNumOfEndpoints", "expected an integer",
                      id="a parameter of the wrong type"),
@@ -453,6 +463,19 @@ def test_an_extractor_that_cannot_read_its_source_output_is_rejected() -> None:
         pytest.param("plugins:\n- type: queue-scorer\nsaturationDetector: {pluginRef: detector}\n",
                      "saturationDetector.pluginRef", "references undefined plugin 'detector'",
                      id="a saturation detector ref to an undefined plugin"),
+        pytest.param("featureGates: [flowControl]\nflowControl:\n  priorityBands:\n  - {priority: 1, "
+                     "orderingPolicyRef: nope}\n", "flowControl.priorityBands[0].orderingPolicyRef",
+                     "undefined plugin", id="a band naming an undefined ordering policy"),
+        pytest.param("featureGates: [flowControl]\nflowControl: {usageLimitPolicyPluginRef: fcfs-ordering-policy}\n",
+                     "flowControl.usageLimitPolicyPluginRef", "not a UsageLimitPolicy",
+                     id="a usage limit naming a policy of another kind"),
+        pytest.param("featureGates: [flowControl]\nplugins:\n- {name: q, type: queue-scorer}\nflowControl:\n"
+                     "  defaultPriorityBand: {fairnessPolicyRef: q}\n",
+                     "flowControl.defaultPriorityBand.fairnessPolicyRef",
+                     "not a FairnessPolicy", id="a band naming a plugin that is not a fairness policy"),
+        pytest.param("saturationDetector: {pluginRef: queue-scorer}\nplugins:\n- {type: queue-scorer}\n",
+                     "saturationDetector.pluginRef", "not a saturation detector",
+                     id="a saturation detector ref to a scorer"),
         pytest.param("plugins:\n- type: metrics-data-source\n  parameters: {path: metrics}\n",
                      "plugins[0].parameters.path", "must start with '/'", id="a metrics path without a slash"),
         pytest.param("plugins:\n- type: core-metrics-extractor\n  parameters: {defaultEngine: tgi}\n",
@@ -466,16 +489,56 @@ def test_invalid_configs_fail_naming_the_field(body: str, field: str, reason_par
 
 
 def test_the_default_saturation_detector_name_is_accepted_without_a_plugin() -> None:
-    assert load(cfg("saturationDetector: {pluginRef: utilization-detector}\n")).saturation_detector_ref == \
-        "utilization-detector"
+    detector = load(cfg("saturationDetector: {pluginRef: utilization-detector}\n")).saturation_detector
+    assert detector.typed_name == TypedName("utilization-detector", "utilization-detector")  # type: ignore[attr-defined]
 
 
-def test_flow_control_is_validated_and_reported_as_not_enforced(caplog: pytest.LogCaptureFixture) -> None:
+def test_gie_v1_3_inline_thresholds_configure_the_default_detector() -> None:
+    config = load(cfg("saturationDetector: {queueDepthThreshold: 10, kvCacheUtilThreshold: 0.9}\n"))
+    params = config.saturation_detector.params  # type: ignore[attr-defined]
+    assert (params.queue_depth_threshold, params.kv_cache_util_threshold) == (10, 0.9)
+
+
+def test_flow_control_without_its_feature_gate_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        config = load(cfg("featureGates: [flowControl]\nflowControl: {maxRequests: 10}\n"))
-    assert config.feature_gates == {"flowControl"}
-    assert config.flow_control is not None and config.flow_control.max_requests == 10
-    assert any("not enforced" in r.getMessage() for r in caplog.records)
+        config = load(cfg("flowControl: {maxRequests: 10}\n"))
+    assert config.flow_control is None
+    assert any("feature gate" in r.getMessage() for r in caplog.records)
+
+
+def test_flow_control_with_its_gate_builds_bands_with_go_defaults() -> None:
+    config = load(cfg("""\
+        featureGates: [flowControl]
+        flowControl:
+          maxRequests: 10
+          defaultRequestTTL: 30s
+          defaultPriorityBand: {maxRequests: 7}
+          priorityBands:
+          - {priority: 100, maxBytes: 1Mi, fairnessPolicyRef: round-robin-fairness-policy}
+          - {priority: -1, orderingPolicyRef: edf-ordering-policy}
+        """))
+    fc = config.flow_control
+    assert fc is not None
+    assert (fc.max_requests, fc.max_bytes, fc.default_ttl) == (10, 0, 30.0)
+    high, low = fc.bands[100], fc.bands[-1]
+    assert (high.max_bytes, high.max_requests) == (2**20, 7)  # unset fields come from defaultPriorityBand
+    assert high.fairness.typed_name.type == "round-robin-fairness-policy"  # type: ignore[attr-defined]
+    assert high.ordering.typed_name.type == "fcfs-ordering-policy"  # type: ignore[attr-defined]
+    assert low.ordering.typed_name.type == "edf-ordering-policy"  # type: ignore[attr-defined]
+    assert low.max_bytes == 1_000_000_000  # Go's band default
+    assert fc.default_band.fairness.typed_name.type == "global-strict-fairness-policy"  # type: ignore[attr-defined]
+    assert fc.usage_limit.typed_name.type == "static-usage-limit-policy"  # type: ignore[attr-defined]
+
+
+def test_flow_control_policies_may_be_configured_plugins() -> None:
+    config = load(cfg("""\
+        featureGates: [flowControl]
+        plugins:
+        - {name: strict, type: static-usage-limit-policy, parameters: {threshold: 0.5}}
+        flowControl: {usageLimitPolicyPluginRef: strict}
+        """))
+    assert config.flow_control is not None
+    assert config.flow_control.usage_limit.ceiling(0, 0.0) == 0.5
 
 
 def test_a_config_of_only_comments_runs_the_default() -> None:

@@ -19,13 +19,16 @@ from epp.plugins.scorers.queue import QueueScorer
 from epp.requests.types import InferenceRequest
 
 IN_TREE_TYPES = [
-    "approx-prefix-cache-producer", "core-metrics-extractor", "destination-endpoint-served-verifier",
-    "header-based-testing-filter", "inflight-load-producer", "json-file-source", "json-metric",
-    "kv-cache-utilization-scorer",
-    "load-imbalance-filter", "lora-affinity-scorer", "max-score-picker", "metric-scorer", "metrics-data-source",
-    "openai-parser", "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer", "prometheus-metric",
-    "queue-scorer", "random-picker",
-    "running-requests-size-scorer", "single-profile-handler", "token-load-scorer", "weighted-random-picker",
+    "approx-prefix-cache-producer", "concurrency-detector", "core-metrics-extractor",
+    "destination-endpoint-served-verifier", "edf-ordering-policy", "fcfs-ordering-policy",
+    "global-strict-fairness-policy", "header-based-testing-filter", "inflight-load-producer", "json-file-source",
+    "json-metric", "kv-cache-utilization-scorer", "latency-scorer", "latency-slo-admitter", "load-imbalance-filter",
+    "lora-affinity-scorer", "max-score-picker", "metric-scorer", "metrics-data-source", "openai-parser",
+    "predicted-latency-producer", "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer",
+    "prometheus-metric", "queue-scorer", "random-picker", "round-robin-fairness-policy",
+    "running-requests-size-scorer", "single-profile-handler", "slo-aware-profile-handler",
+    "slo-deadline-ordering-policy", "slo-headroom-tier-filter", "slo-request-tracker", "static-usage-limit-policy",
+    "token-load-scorer", "utilization-detector", "weighted-random-picker", "workload-aware-ordering-policy",
 ]
 
 
@@ -76,6 +79,7 @@ def test_default_producers_are_registered_for_the_keys_plugins_consume() -> None
     registry = default_registry()
     assert registry.default_producer("PrefixCacheMatchInfoKey") == "approx-prefix-cache-producer"
     assert registry.default_producer("InFlightLoadKey") == "inflight-load-producer"
+    assert registry.default_producer("LatencyPredictionInfoKey") == "predicted-latency-producer"
     assert registry.default_producer("Nothing") is None
 
 
