@@ -40,7 +40,7 @@ from epp.flowcontrol.objectives import ObjectiveStore
 from epp.flowcontrol.types import DEFAULT_CRITICALITY, DEFAULT_WORKLOAD_ID, FlowControlRequest, FlowKey, WorkloadContext
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.hookerrors import HookErrors
-from epp.metrics import PickerMetrics
+from epp.metrics import ModelMetrics, PickerMetrics
 from epp.plugins.dispatch.accounting import DispatchAccounting
 from epp.request_context import RequestContext
 from epp.requests.limits import check_model_name
@@ -308,6 +308,31 @@ class Director:
             if usage.completion_tokens > 0:
                 per_model.output_tokens.observe(usage.completion_tokens)
                 per_model.normalized_tpot.observe(elapsed / usage.completion_tokens)
+        if ctx.response.streaming and 200 <= ctx.response.status < 300:
+            self._record_stream_latency(ctx, request, per_model, model, target)
+
+    def _record_stream_latency(self, ctx: RequestContext, request: InferenceRequest, per_model: ModelMetrics,
+                               model: str, target: str) -> None:
+        """TTFT (first chunk, from arrival) and TPOT of a streamed response; objectives missed.
+
+        Only streams have a first token the client sees before the end; a non-streamed
+        response's latency is its whole duration (request_duration_seconds)."""
+        first = ctx.response.first_chunk_at
+        if first is None:
+            return
+        metrics = self.metrics
+        assert metrics is not None
+        ttft = first - ctx.received_at
+        per_model.ttft.observe(ttft)
+        if request.slo_ttft_ms is not None and ttft * 1000.0 > request.slo_ttft_ms:
+            metrics.request_slo_violation.labels(model, target, "ttft").inc()
+        usage = ctx.response.usage
+        if usage is None or usage.completion_tokens < 2:
+            return
+        tpot = (time.monotonic() - first) / (usage.completion_tokens - 1)
+        per_model.tpot.observe(tpot)
+        if request.slo_tpot_ms is not None and tpot * 1000.0 > request.slo_tpot_ms:
+            metrics.request_slo_violation.labels(model, target, "tpot").inc()
 
 
 def _flow_request(request: InferenceRequest) -> FlowControlRequest:

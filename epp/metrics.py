@@ -28,10 +28,12 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datalayer.pool import EndpointPool
 from epp.flowcontrol.types import FlowControlRequest, QueueOutcome
+from epp.framework.attributes import LatencyPrediction
 from epp.framework.plugin import TypedName
 from epp.metricfamilies import MAX_CHILDREN, CounterFamily, GaugeFamily, HistogramFamily, Lifecycle, bound_label
+from epp.requests.types import InferenceRequest
 
-__all__ = ["FlowControlMetrics", "ModelLabels", "ModelMetrics", "PickerMetrics"]
+__all__ = ["FlowControlMetrics", "ModelLabels", "ModelMetrics", "PickerMetrics", "PredictionMetrics"]
 
 _LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60, 120,
@@ -95,7 +97,7 @@ class ModelMetrics:
     """
 
     __slots__ = ("request_sizes", "running", "duration", "response_sizes", "input_tokens", "cached_tokens",
-                 "output_tokens", "normalized_tpot", "epoch")
+                 "output_tokens", "normalized_tpot", "ttft", "tpot", "epoch")
 
     def __init__(self, metrics: PickerMetrics, model: str, target: str) -> None:
         self.epoch = metrics.lifecycle.epoch
@@ -108,6 +110,8 @@ class ModelMetrics:
         self.cached_tokens = metrics.prompt_cached_tokens.labels(*pair)
         self.output_tokens = metrics.output_tokens.labels(*pair)
         self.normalized_tpot = metrics.normalized_tpot.labels(*pair)
+        self.ttft = metrics.request_ttft.labels(*pair)
+        self.tpot = metrics.request_tpot.labels(*pair)
 
 
 def _per_model(what: str) -> str:
@@ -248,6 +252,27 @@ class PickerMetrics:
         self.normalized_tpot = histogram(
             "inference_objective_normalized_time_per_output_token_seconds",
             _per_model("latency divided by number of output tokens in seconds"), _TPOT_BUCKETS)
+        # Latency as the client sees it (streamed responses), and the predictor's view (SLO routing).
+        self.request_ttft = histogram("inference_objective_request_ttft_seconds",
+                                      _per_model("time to first token in seconds"), _LATENCY_BUCKETS)
+        self.request_tpot = histogram("inference_objective_request_tpot_seconds",
+                                      _per_model("time per output token in seconds"), _TPOT_BUCKETS)
+        self.request_predicted_ttft = histogram(
+            "inference_objective_request_predicted_ttft_seconds",
+            _per_model("predicted time to first token in seconds"), _LATENCY_BUCKETS)
+        self.request_predicted_tpot = histogram(
+            "inference_objective_request_predicted_tpot_seconds",
+            _per_model("predicted time per output token in seconds"), _TPOT_BUCKETS)
+        self.request_ttft_prediction_duration = histogram(
+            "inference_objective_request_ttft_prediction_duration_seconds",
+            _per_model("time spent predicting TTFT in seconds"), _SCHEDULER_BUCKETS)
+        self.request_tpot_prediction_duration = histogram(
+            "inference_objective_request_tpot_prediction_duration_seconds",
+            _per_model("time spent predicting TPOT in seconds"), _SCHEDULER_BUCKETS)
+        self.request_slo_violation = CounterFamily(
+            "inference_objective_request_slo_violation_total",
+            "Counter of requests whose measured TTFT or TPOT exceeded their objective (x-slo-ttft-ms, "
+            "x-slo-tpot-ms), by type.", [*_MODEL, "type"], r, lifecycle=life)
         self.running_requests = GaugeFamily("inference_objective_running_requests",
                                             "Inference objective number of running requests in each model.",
                                             ["model_name"], r, lifecycle=life)
@@ -333,6 +358,23 @@ class PickerMetrics:
     def plugin_observer(self, extension_point: str, name: TypedName) -> Callable[[float], None]:
         """A pre-bound ``observe`` for one plugin (label lookup done once, not per call)."""
         return self.plugin_duration.labels(extension_point, name.type, name.name).observe
+
+
+class PredictionMetrics:
+    """Hooked to ``predicted-latency-producer``: the chosen endpoint's predictions and their cost."""
+
+    def __init__(self, metrics: PickerMetrics) -> None:
+        self.metrics = metrics
+
+    def predicted(self, request: InferenceRequest, prediction: LatencyPrediction | None, seconds: float) -> None:
+        m = self.metrics
+        labels = m.models.labels(request.model, request.target_model)
+        # TTFT and TPOT come from one prediction call: each duration series gets its cost.
+        m.request_ttft_prediction_duration.labels(*labels).observe(seconds)
+        m.request_tpot_prediction_duration.labels(*labels).observe(seconds)
+        if prediction is not None:
+            m.request_predicted_ttft.labels(*labels).observe(prediction.ttft_ms / 1000.0)
+            m.request_predicted_tpot.labels(*labels).observe(prediction.tpot_ms / 1000.0)
 
 
 class FlowControlMetrics:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from epp.datalayer.pool import EndpointPool
     from epp.flowcontrol.types import WorkloadStatsView
 
-__all__ = ["BasePlugin", "Handle", "Plugin", "TypedName"]
+__all__ = ["BackgroundWork", "BasePlugin", "Handle", "Plugin", "TypedName"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,19 @@ class Plugin(Protocol):
     """What every plugin has: its identity."""
 
     typed_name: TypedName
+
+
+@runtime_checkable
+class BackgroundWork(Protocol):
+    """A plugin with work off the request path (e.g. the latency predictor's refits).
+
+    The server runs ``run`` under its task supervisor (restarted if it crashes) and calls
+    ``close`` once at shutdown, after ``run`` was cancelled, to flush or save state.
+    """
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)

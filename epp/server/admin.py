@@ -11,6 +11,8 @@ Debug views (JSON):
 - ``GET /debug/state``: the size of every per-key structure the picker holds.
 - ``GET /debug/flowcontrol``: the admission queue: bands, flows, queue lengths and bytes,
   pool saturation (a frozen snapshot).
+- ``GET /debug/predictor``: each latency predictor's sample count, last refit and its
+  current error on a held-out window of recent requests.
 
 JSON answers are strict JSON: a non-finite number (a model server may report a NaN gauge)
 is written as ``null``, since ``NaN`` and ``Infinity`` are not JSON and break parsers.

@@ -42,10 +42,11 @@ from epp.errors import ConfigError
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.objectives import ObjectivesFileWatcher, ObjectiveStore
 from epp.flowcontrol.workloads import WorkloadRegistry
-from epp.framework.plugin import Handle
+from epp.framework.plugin import BackgroundWork, Handle
 from epp.framework.registry import Registry
-from epp.metrics import FlowControlMetrics, PickerMetrics
+from epp.metrics import FlowControlMetrics, PickerMetrics, PredictionMetrics
 from epp.plugins import default_registry
+from epp.plugins.slo.producer import PredictedLatencyProducer
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
 from epp.server.auth import TokenFile
@@ -274,6 +275,8 @@ class PickerServer:
         rng = random.Random(self.options.seed)
         handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry, workloads=self.workloads)
         self.config = load_config(self._config_text(), self.registry, handle, self.metrics.plugin_observer)
+        for producer in self._predictors():
+            producer.on_predicted = PredictionMetrics(self.metrics).predicted
         if self.config.flow_control is not None:
             pool = self.pool
             self.flow_controller = FlowController(
@@ -312,6 +315,19 @@ class PickerServer:
             "decisionLog": self.decisions.debug_sizes(),
             "plugins": {str(p.typed_name): p.debug_sizes() for p in plugins if hasattr(p, "debug_sizes")},
         }
+
+    def _predictors(self) -> list[PredictedLatencyProducer]:
+        plugins = self.config.plugins.values() if self.config is not None else ()
+        return [p for p in plugins if isinstance(p, PredictedLatencyProducer)]
+
+    def _background_plugins(self) -> list[BackgroundWork]:
+        plugins = self.config.plugins.values() if self.config is not None else ()
+        return [p for p in plugins if isinstance(p, BackgroundWork)]
+
+    def predictor_state(self) -> dict[str, Any]:
+        """``/debug/predictor``: each latency predictor's samples, refits and held-out error."""
+        predictors = {str(p.typed_name): p.debug_snapshot() for p in self._predictors()}
+        return {"enabled": bool(predictors), "predictors": predictors}
 
     def flow_control_state(self) -> dict[str, Any]:
         """``/debug/flowcontrol``: the queue when flow control runs, else what admission does instead."""
@@ -371,7 +387,8 @@ class PickerServer:
             await server.start()
             self._servers.append(server)
         app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready,
-                              self._admin_token, self.debug_state, {"flowcontrol": self.flow_control_state})
+                              self._admin_token, self.debug_state,
+                              {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state})
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)
@@ -384,6 +401,8 @@ class PickerServer:
             self.tasks.start("objectives-file watcher", self._objectives_watcher.watch)
         if self.flow_controller is not None:
             self.tasks.start("flow controller", self.flow_controller.run)
+        for plugin in self._background_plugins():
+            self.tasks.start(f"plugin {plugin.typed_name}", plugin.run)  # type: ignore[attr-defined]
         self.health.start_watch(_READINESS_PERIOD)
         await self.health.set_ready(True)
         log.info("ext_proc on %s:%d (%s), gRPC health on :%d, admin http://%s:%d (%s); %d endpoints; profiles: %s",
@@ -411,6 +430,11 @@ class PickerServer:
         await self.tasks.aclose()
         if self.flow_controller is not None:
             self.flow_controller.close()
+        for plugin in self._background_plugins():
+            try:
+                plugin.close()
+            except Exception:  # noqa: BLE001 - one plugin's failed flush must not stop the shutdown
+                log.exception("closing plugin %s failed", plugin.typed_name)  # type: ignore[attr-defined]
         await self.health.aclose()
         if self.config is not None:
             for binding in self.config.data_bindings:

@@ -4,13 +4,15 @@ PrepareData captures each candidate's features (``features.features_for``) and, 
 ``predictInPrepareData`` is false, predicts with the in-process ``LatencyPredictor`` and
 writes ``LatencyPredictions`` under ``LATENCY_PREDICTIONS_KEY``: headroom is
 ``objective × sloBufferFactor − predicted`` (``0 − predicted`` without an objective, as in
-the Go EPP), ``dispatched`` is this picker's in-flight requests on the endpoint.
+the Go EPP), ``dispatched`` is this picker's in-flight requests on the endpoint. Time the
+request already spent before routing (body upload, the flow-control queue) is taken off
+the TTFT objective first, since the model predicts only what happens from routing on.
 PreRequest keeps the chosen endpoint's feature row and prediction in
 ``request.plugin_state`` (the body is released after routing). ResponseComplete measures
 and trains:
 
 - Only completed 2xx responses train. Errors, disconnects and resets train nothing.
-- Streaming (SSE) responses: TTFT = first body chunk − request received; TPOT = (completion
+- Streaming (SSE) responses: TTFT = first body chunk − routed; TPOT = (completion
   − first chunk) / (completion_tokens − 1), from the usage counts, when at least 2 tokens
   were generated and usage was reported.
 - Non-streaming responses: only end-to-end latency is known, and it mixes TTFT with the
@@ -35,9 +37,10 @@ Parameters (Go names and defaults, where they mean something here):
 - Ours: ``statePath`` ("": no persistence), ``refitInterval`` ("5s"), ``refitSamples``
   (500: refit early once that many samples wait), ``maxSamples`` (10000: ring buffer).
 
-For metrics, the lead sets ``on_observed(request, actual_ttft_ms, actual_tpot_ms,
+For metrics, the server sets ``on_observed(request, actual_ttft_ms, actual_tpot_ms,
 predicted)`` (called at every response complete of a routed request; actuals ``None`` when
-not measured) and reads ``last_prediction_seconds`` after PrepareData.
+not measured), and ``on_predicted(request, chosen endpoint's prediction, seconds spent
+predicting)`` at PreRequest of every request that got predictions.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from dataclasses import dataclass, field
 
 from epp.datalayer.endpoint import Endpoint
 from epp.framework.attributes import (
+    INFLIGHT_LOAD_KEY,
     LATENCY_PREDICTIONS_KEY,
+    PREFIX_MATCH_KEY,
     LatencyPrediction,
     LatencyPredictions,
     inflight_load,
@@ -64,11 +69,12 @@ from epp.plugins.slo.features import Features, features_for
 from epp.plugins.slo.predictor import LatencyPredictor
 from epp.requests.types import InferenceRequest
 
-__all__ = ["ObservedCallback", "PredictedLatencyParams", "PredictedLatencyProducer"]
+__all__ = ["ObservedCallback", "PredictedCallback", "PredictedLatencyParams", "PredictedLatencyProducer"]
 
 log = logging.getLogger(__name__)
 
 ObservedCallback = Callable[[InferenceRequest, float | None, float | None, LatencyPrediction | None], None]
+PredictedCallback = Callable[[InferenceRequest, LatencyPrediction | None, float], None]
 
 _PREFILL_ROLE = "prefill"
 
@@ -126,6 +132,7 @@ class _Candidates:
 
     rows: dict[str, Features]
     predictions: dict[str, LatencyPrediction]
+    seconds: float = 0.0  # time spent predicting for this request
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,7 @@ class _Routed:
     endpoint: str
     features: Features
     prediction: LatencyPrediction | None
+    routed_at: float  # clock() when routed: TTFT is learnt from here, not from arrival
 
 
 class PredictedLatencyProducer(BasePlugin):
@@ -143,6 +151,9 @@ class PredictedLatencyProducer(BasePlugin):
     TYPE = "predicted-latency-producer"
     PARAMS = PredictedLatencyParams
     PRODUCES = frozenset({LATENCY_PREDICTIONS_KEY})
+    # Features: the prefix match and the in-flight load (prefill backlog, requests sent here).
+    # Declared so the loader creates their producers when missing and runs them first.
+    CONSUMES = frozenset({PREFIX_MATCH_KEY, INFLIGHT_LOAD_KEY})
     params: PredictedLatencyParams
 
     def __init__(self, name: str, params: PredictedLatencyParams | None, handle: Handle) -> None:
@@ -161,6 +172,7 @@ class PredictedLatencyProducer(BasePlugin):
         self.clock: Callable[[], float] = time.monotonic
         self.timer: Callable[[], float] = time.perf_counter
         self.on_observed: ObservedCallback | None = None
+        self.on_predicted: PredictedCallback | None = None
         self.last_prediction_seconds = 0.0
 
     # --- DataProducer ----------------------------------------------------------------------
@@ -174,7 +186,10 @@ class PredictedLatencyProducer(BasePlugin):
         predictions: dict[str, LatencyPrediction] = {}
         if self._predicts:
             ttft_slo, tpot_slo = request.slo_ttft_ms, request.slo_tpot_ms
-            ttft_goal = ttft_slo * self._buffer if ttft_slo is not None else 0.0
+            # Time already spent (body upload, the flow-control queue) counts against the TTFT objective;
+            # the model predicts only what happens from routing on.
+            spent_ms = max(0.0, (self.clock() - request.received_at) * 1000.0)
+            ttft_goal = ttft_slo * self._buffer - spent_ms if ttft_slo is not None else 0.0
             tpot_goal = tpot_slo * self._buffer if tpot_slo is not None else 0.0
             predict = self.predictor.predict
             for ep in endpoints:
@@ -189,8 +204,8 @@ class PredictedLatencyProducer(BasePlugin):
                         ttft, tpot, ttft_goal - ttft, tpot_goal - tpot, ttft_slo is not None, tpot_slo is not None,
                         int(f.inflight_requests), f.kv_usage)
             cycle[LATENCY_PREDICTIONS_KEY] = LatencyPredictions(predictions, ttft_slo, tpot_slo)
-        request.plugin_state[self._state_key] = _Candidates(rows, predictions)
-        self.last_prediction_seconds = self.timer() - started
+        self.last_prediction_seconds = seconds = self.timer() - started
+        request.plugin_state[self._state_key] = _Candidates(rows, predictions, seconds)
 
     # --- PreRequest ------------------------------------------------------------------------
 
@@ -198,10 +213,13 @@ class PredictedLatencyProducer(BasePlugin):
         chosen = result.primary.endpoints[0]
         candidates = request.plugin_state.get(self._state_key)
         if isinstance(candidates, _Candidates) and chosen.name in candidates.rows:
-            routed = _Routed(chosen.name, candidates.rows[chosen.name], candidates.predictions.get(chosen.name))
+            routed = _Routed(chosen.name, candidates.rows[chosen.name], candidates.predictions.get(chosen.name),
+                             self.clock())
+            if self.on_predicted is not None and candidates.predictions:
+                self.on_predicted(request, routed.prediction, candidates.seconds)
         else:  # PrepareData did not run for this endpoint: its state now is the best we have
             features = features_for(chosen, request_prompt_tokens(request), prefix_match(cycle), inflight_load(cycle))
-            routed = _Routed(chosen.name, features, None)
+            routed = _Routed(chosen.name, features, None, self.clock())
         request.plugin_state[self._state_key] = routed
 
     # --- ResponseComplete ------------------------------------------------------------------
@@ -210,18 +228,18 @@ class PredictedLatencyProducer(BasePlugin):
         routed = request.plugin_state.pop(self._state_key, None)
         if not isinstance(routed, _Routed):
             return
-        ttft, tpot = self._measure(request, response)
+        ttft, tpot = self._measure(routed.routed_at, response)
         if ttft is not None or tpot is not None:
             self.predictor.observe(routed.features, ttft, tpot, routed.endpoint)
         if self.on_observed is not None:
             self.on_observed(request, ttft, tpot, routed.prediction)
 
-    def _measure(self, request: InferenceRequest, response: ResponseInfo) -> tuple[float | None, float | None]:
-        """(TTFT ms, TPOT ms) this response lets us measure; ``None`` for what it does not."""
+    def _measure(self, routed_at: float, response: ResponseInfo) -> tuple[float | None, float | None]:
+        """(TTFT ms from routing, TPOT ms) this response lets us measure; ``None`` for what it does not."""
         first = response.first_chunk_at
         if not response.completed or not 200 <= response.status < 300 or first is None:
             return None, None
-        ttft = (first - request.received_at) * 1000.0
+        ttft = (first - routed_at) * 1000.0
         generated = response.usage.completion_tokens if response.usage is not None else None
         if not response.streaming:
             return (ttft if generated is not None and generated <= 1 else None), None

@@ -39,7 +39,9 @@ class FakeClock:
 
 def build(handle: Handle, raw: dict[str, Any] | None = None) -> PredictedLatencyProducer:
     params = decode_params(PredictedLatencyParams, raw, "plugins[0].parameters")
-    return PredictedLatencyProducer("predictor", params, handle)
+    producer = PredictedLatencyProducer("predictor", params, handle)
+    producer.clock = FakeClock(100.0)  # requests arrive (received_at) and are routed at 100.0
+    return producer
 
 
 @pytest.fixture
@@ -125,6 +127,26 @@ async def test_headroom_against_the_objectives_times_the_buffer(handle: Handle, 
     assert fast.ttft_ms < slow.ttft_ms and fast.tpot_ms < slow.tpot_ms
     assert fast.meets_slo and not slow.meets_slo
     assert slow.kv_cache_usage == 0.9
+
+
+async def test_time_spent_before_routing_counts_against_the_ttft_objective(
+        producer: PredictedLatencyProducer, make_endpoint: Any, make_request: Any) -> None:
+    producer.clock = FakeClock(100.3)  # 300 ms in the flow-control queue
+    cycle = CycleState()
+    await producer.prepare_data(cycle, slo_request(make_request, ttft=500.0), [make_endpoint("a")])
+    p = latency_predictions(cycle).get("a")
+    assert p is not None and p.ttft_headroom_ms == pytest.approx(200.0 - p.ttft_ms)
+
+
+async def test_ttft_is_learnt_from_routing_not_from_arrival(producer: PredictedLatencyProducer,
+                                                            make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    seen = recorder(producer)
+    a = make_endpoint("a")
+    producer.clock = FakeClock(100.5)  # received at 100.0, routed after waiting 500 ms
+    request = slo_request(make_request)
+    await route(producer, request, a, [a], routed)
+    producer.response_complete(request, streamed(a, first=100.6, tokens=None))
+    assert seen[0][1] == pytest.approx(100.0)
 
 
 async def test_without_objectives_headroom_is_minus_the_prediction(producer: PredictedLatencyProducer,
@@ -313,3 +335,15 @@ async def test_state_path_persists_across_producers(tmp_path: Path, make_endpoin
     assert second.predictor.sample_count == 30
     assert second.predictor.coefficients == first.predictor.coefficients
     assert second.debug_snapshot()["samples"] == 30
+
+
+async def test_the_chosen_prediction_and_its_cost_are_reported_at_pre_request(
+        producer: PredictedLatencyProducer, make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    reported: list[tuple[str, float, float]] = []
+    producer.on_predicted = lambda req, pred, seconds: reported.append(
+        (req.request_id, pred.ttft_ms if pred else -1.0, seconds))
+    a, b = make_endpoint("a"), make_endpoint("b", waiting_queue_size=5)
+    cycle = await route(producer, slo_request(make_request, ttft=300.0), b, [a, b], routed)
+    chosen = latency_predictions(cycle).get("b")
+    assert chosen is not None
+    assert [(r, t) for r, t, _ in reported] == [("r1", chosen.ttft_ms)] and reported[0][2] >= 0.0
