@@ -3,10 +3,12 @@
 PrepareData captures each candidate's features (``features.features_for``) and, unless
 ``predictInPrepareData`` is false, predicts with the in-process ``LatencyPredictor`` and
 writes ``LatencyPredictions`` under ``LATENCY_PREDICTIONS_KEY``: headroom is
-``objective × sloBufferFactor − predicted`` (``0 − predicted`` without an objective, as in
-the Go EPP), ``dispatched`` is this picker's in-flight requests on the endpoint. Time the
-request already spent before routing (body upload, the flow-control queue) is taken off
-the TTFT objective first, since the model predicts only what happens from routing on.
+``objective × sloBufferFactor − predicted``; an objective the request does not state
+counts as met (headroom 0) when it states the other one, and a request stating none gets
+``0 − predicted`` on both, as in the Go EPP. ``dispatched`` is this picker's in-flight
+requests on the endpoint. Time the request already spent before routing (body upload,
+the flow-control queue) is taken off the TTFT objective first, since the model predicts
+only what happens from routing on.
 PreRequest keeps the chosen endpoint's feature row and prediction in
 ``request.plugin_state`` (the body is released after routing). ResponseComplete measures
 and trains:
@@ -191,18 +193,23 @@ class PredictedLatencyProducer(BasePlugin):
             spent_ms = max(0.0, (self.clock() - request.received_at) * 1000.0)
             ttft_goal = ttft_slo * self._buffer - spent_ms if ttft_slo is not None else 0.0
             tpot_goal = tpot_slo * self._buffer if tpot_slo is not None else 0.0
+            # An objective the request does not state cannot be missed (headroom 0); a request
+            # that states none keeps the Go EPP's 0 - predicted, so it prefers the fastest endpoint.
+            stated = ttft_slo is not None or tpot_slo is not None
+            judge_ttft = ttft_slo is not None or not stated
+            judge_tpot = tpot_slo is not None or not stated
             predict = self.predictor.predict
             for ep in endpoints:
                 f = rows[ep.name]
                 ttft, tpot = predict(f, ep.name)
+                ttft_room = ttft_goal - ttft if judge_ttft else 0.0
                 if self._role_label and ep.metadata.labels.get(self._role_label) == _PREFILL_ROLE:
-                    predictions[ep.name] = LatencyPrediction(
-                        ttft, 0.0, ttft_goal - ttft, 0.0, ttft_slo is not None, tpot_slo is not None,
-                        int(f.inflight_requests), f.kv_usage)
+                    tpot, tpot_room = 0.0, 0.0  # a prefill endpoint decodes nothing
                 else:
-                    predictions[ep.name] = LatencyPrediction(
-                        ttft, tpot, ttft_goal - ttft, tpot_goal - tpot, ttft_slo is not None, tpot_slo is not None,
-                        int(f.inflight_requests), f.kv_usage)
+                    tpot_room = tpot_goal - tpot if judge_tpot else 0.0
+                predictions[ep.name] = LatencyPrediction(
+                    ttft, tpot, ttft_room, tpot_room, ttft_slo is not None, tpot_slo is not None,
+                    int(f.inflight_requests), f.kv_usage)
             cycle[LATENCY_PREDICTIONS_KEY] = LatencyPredictions(predictions, ttft_slo, tpot_slo)
         self.last_prediction_seconds = seconds = self.timer() - started
         request.plugin_state[self._state_key] = _Candidates(rows, predictions, seconds)

@@ -164,7 +164,8 @@ async def test_one_objective_only(producer: PredictedLatencyProducer, make_endpo
     await producer.prepare_data(cycle, slo_request(make_request, tpot=50.0), [make_endpoint("a")])
     p = latency_predictions(cycle).get("a")
     assert p is not None and not p.has_ttft_slo and p.has_tpot_slo
-    assert p.ttft_headroom_ms == -p.ttft_ms and p.tpot_headroom_ms == pytest.approx(50.0 - p.tpot_ms)
+    # The objective it does not state cannot be missed: headroom 0, not Go's 0 - predicted.
+    assert p.ttft_headroom_ms == 0.0 and p.tpot_headroom_ms == pytest.approx(50.0 - p.tpot_ms)
 
 
 async def test_prefix_hits_and_inflight_load_shape_the_prediction(producer: PredictedLatencyProducer,
