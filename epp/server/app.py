@@ -19,6 +19,7 @@ finish; then background tasks are cancelled and awaited, and data sources closed
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -52,6 +53,7 @@ from epp.server.admin import build_admin_app
 from epp.server.auth import TokenFile
 from epp.server.extproc import ExtProcServicer
 from epp.server.health import HealthState
+from epp.server.middleware import AdminSettings
 from epp.server.tls import server_credentials
 
 __all__ = ["BackgroundTasks", "PickerServer", "ServeOptions"]
@@ -104,6 +106,8 @@ class ServeOptions:
     eject_after_failures: int = 5
     ejection_time: float = 10.0
     max_ejection_percent: float = 50.0
+    admin_rate_limit: float | None = 100.0
+    admin_rate_burst: int = 200
 
 
 class BackgroundTasks:
@@ -199,6 +203,8 @@ class PickerServer:
         self._admin_token: TokenFile | None = None
         self._extproc_credentials: grpc.ServerCredentials | None = None
         self._transport = "plaintext"
+        self._config_source: str | None = None
+        self._admin_settings = AdminSettings()
 
     def _load_pool(self) -> None:
         opts = self.options
@@ -255,6 +261,7 @@ class PickerServer:
             raise ConfigError("--enable-cert-reload", "needs --cert-path (a self-signed certificate never changes)")
         if opts.cert_path is not None and not opts.cert_path.is_dir():
             raise ConfigError("--cert-path", "must be a directory holding tls.crt and tls.key", str(opts.cert_path))
+        self._admin_settings = AdminSettings(rate_limit=opts.admin_rate_limit, rate_burst=opts.admin_rate_burst)
 
     def _load_security(self) -> None:
         opts = self.options
@@ -274,7 +281,8 @@ class PickerServer:
             self._objectives_watcher.load()
         rng = random.Random(self.options.seed)
         handle = Handle(pool=self.pool, rng=rng, metrics_registry=self.metrics.registry, workloads=self.workloads)
-        self.config = load_config(self._config_text(), self.registry, handle, self.metrics.plugin_observer)
+        self._config_source = self._config_text()
+        self.config = load_config(self._config_source, self.registry, handle, self.metrics.plugin_observer)
         for producer in self._predictors():
             producer.on_predicted = PredictionMetrics(self.metrics).predicted
         if self.config.flow_control is not None:
@@ -388,7 +396,9 @@ class PickerServer:
             self._servers.append(server)
         app = build_admin_app(self.metrics, self.pool, self.decisions, self.collector, lambda: self.health.ready,
                               self._admin_token, self.debug_state,
-                              {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state})
+                              {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state},
+                              settings=self._admin_settings, config=self.config, config_text=self._config_source,
+                              options=dataclasses.asdict(opts))
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)

@@ -6,6 +6,11 @@ The file is read at start and again whenever its stat signature changes, so rota
 token needs no restart. A file that becomes unreadable or empty keeps the last good
 token rather than opening the endpoints. ``/healthz`` and ``/readyz`` stay open: probes
 carry no credentials.
+
+In the admin middleware chain (``epp/server/middleware.py``) this sits after the request
+id and panic recovery and before the rate limit: a ``401`` has the shared error shape
+(``epp/server/apierrors.py``) with a request id, and requests without the token spend no
+rate-limit tokens. Its message names the flag, never the file's path or the token.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from epp.errors import ConfigError
+from epp.server.apierrors import error_response
 
 __all__ = ["OPEN_PATHS", "TokenFile", "bearer_auth_middleware"]
 
@@ -76,13 +84,14 @@ class TokenFile:
         return hmac.compare_digest(credentials.strip().encode("utf-8", "surrogateescape"), self.current())
 
 
-def bearer_auth_middleware(token: TokenFile) -> Middleware:
+def bearer_auth_middleware(token: TokenFile, wall_clock: Callable[[], float] = time.time) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Deny by default: only the probes are open, so a route added later is guarded too.
         if request.path not in OPEN_PATHS and not token.matches(request.headers.get("Authorization")):
-            return web.json_response({"error": "a bearer token is required (see --admin-token-file)"}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer realm="epp-admin"'})
+            # Names the flag, never the file's path or anything of the token.
+            return error_response(request, 401, "a bearer token is required (see --admin-token-file)",
+                                  headers={"WWW-Authenticate": 'Bearer realm="epp-admin"'}, wall_clock=wall_clock)
         return await handler(request)
 
     return middleware

@@ -51,6 +51,10 @@ def add_parser(subparsers: Any) -> None:
                           "certificate generated at start)")
     sec.add_argument("--enable-cert-reload", action="store_true",
                      help="serve a changed tls.crt/tls.key from --cert-path to new connections without a restart")
+    sec.add_argument("--admin-rate-limit", type=float, default=100.0,
+                     help="admin requests a second (token bucket; /healthz, /readyz, /metrics exempt; 0 turns it "
+                          "off; default: %(default)s)")
+    sec.add_argument("--admin-rate-burst", type=int, default=200, help="admin rate-limit burst (default: %(default)s)")
     sec.add_argument("--ignore-model-rewrite-header", action="store_true",
                      help="ignore a client-sent x-gateway-model-name-rewrite (set it only from a trusted filter)")
     sec.add_argument("--ignore-criticality-header", action="store_true",
@@ -105,6 +109,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         bind=args.bind, admin_bind=args.admin_bind, admin_token_file=args.admin_token_file,
         secure_serving=args.secure_serving, cert_path=args.cert_path, enable_cert_reload=args.enable_cert_reload,
         honor_rewrite_header=not args.ignore_model_rewrite_header,
+        admin_rate_limit=args.admin_rate_limit or None, admin_rate_burst=args.admin_rate_burst,
         honor_criticality_header=not args.ignore_criticality_header, objectives_file=args.objectives_file,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
         grpc_port=args.grpc_port, grpc_health_port=args.grpc_health_port,
