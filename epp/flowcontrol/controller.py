@@ -191,6 +191,7 @@ class FlowController:
             p: _Band(band, p, configured=True, now=now) for p, band in settings.bands.items()
         }
         self._order: list[_Band] = []  # highest priority first
+        self._priorities: tuple[int, ...] = ()  # of self._order, for usage-limit policies
         self._reorder()
         self._waiters: dict[FlowControlRequest, asyncio.Future[None]] = {}
         self._deadlines: list[tuple[float, int, FlowControlRequest]] = []  # lazy: stale entries skipped
@@ -240,7 +241,7 @@ class FlowController:
             "dynamic": not band.configured,
             "fairnessPolicy": _type_name(band.settings.fairness),
             "orderingPolicy": _type_name(band.settings.ordering),
-            "usageCeiling": self._usage_limit.ceiling(band.priority, self._saturation or 0.0),
+            "usageCeiling": self._usage_limit.ceiling(band.priority, self._saturation or 0.0, self._priorities),
             "maxBytes": band.settings.max_bytes,
             "maxRequests": band.settings.max_requests,
             "queuedRequests": band.count,
@@ -274,7 +275,8 @@ class FlowController:
             raise
         if self._totals.count == 0 or not self._waiting_at_or_above(priority):
             saturation = self._read_saturation(now)
-            if saturation < self._usage_limit.ceiling(priority, saturation):
+            priorities = self._priorities if band is not None else (*self._priorities, priority)
+            if saturation < self._usage_limit.ceiling(priority, saturation, priorities):
                 self._dispatched(request, 0.0, now)
                 return
         future = self._enqueue(request, band, now)
@@ -363,6 +365,7 @@ class FlowController:
 
     def _reorder(self) -> None:
         self._order = sorted(self._bands.values(), key=lambda b: b.priority, reverse=True)
+        self._priorities = tuple(b.priority for b in self._order)
 
     # ----------------------------------------------------------------- dispatch
 
@@ -391,7 +394,7 @@ class FlowController:
         for band in self._order:
             if not band.count:
                 continue
-            if saturation >= self._usage_limit.ceiling(band.priority, saturation):
+            if saturation >= self._usage_limit.ceiling(band.priority, saturation, self._priorities):
                 return  # head-of-line blocking: no lower band may overtake a blocked higher one
             view = band.settings.fairness.pick_flow(band.state, band.flow_views(), now)
             flow = band.flows.get(view.key) if view is not None else None

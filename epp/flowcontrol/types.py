@@ -202,9 +202,13 @@ class FairnessPolicy(Protocol):
 
 @runtime_checkable
 class UsageLimitPolicy(Protocol):
-    """The saturation ceiling a band may dispatch below (``static-usage-limit-policy``)."""
+    """The saturation ceiling a band may dispatch below (``static-usage-limit-policy``, ...).
 
-    def ceiling(self, priority: int, saturation: float) -> float: ...
+    ``priorities``: every priority the controller has a band for, highest first (it always
+    includes ``priority``), so a policy can rank bands against each other.
+    """
+
+    def ceiling(self, priority: int, saturation: float, priorities: Sequence[int]) -> float: ...
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from epp.flowcontrol.ordering import (
     WorkloadAwareOrderingPolicy,
 )
 from epp.flowcontrol.saturation import ConcurrencyDetector, UtilizationDetector
-from epp.flowcontrol.usage_limit import StaticUsageLimitPolicy
+from epp.flowcontrol.usage_limit import PriorityHoldbackPolicy, StaticUsageLimitPolicy
 from epp.framework.attributes import LATENCY_PREDICTIONS_KEY, PREFIX_MATCH_KEY
 from epp.framework.registry import Registry
 from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
@@ -85,6 +85,7 @@ def default_registry() -> Registry:
         SloDeadlineOrderingPolicy,
         WorkloadAwareOrderingPolicy,
         StaticUsageLimitPolicy,
+        PriorityHoldbackPolicy,
         # Test only (GIE conformance suite): never in a production config.
         HeaderBasedTestingFilter,
         DestinationEndpointServedVerifier,

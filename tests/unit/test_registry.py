@@ -25,6 +25,7 @@ IN_TREE_TYPES = [
     "json-metric", "kv-cache-utilization-scorer", "latency-scorer", "latency-slo-admitter", "load-imbalance-filter",
     "lora-affinity-scorer", "max-score-picker", "metric-scorer", "metrics-data-source", "openai-parser",
     "predicted-latency-producer", "prefill-load-scorer", "prefix-cache-affinity-filter", "prefix-cache-scorer",
+    "priority-holdback-policy",
     "prometheus-metric", "queue-scorer", "random-picker", "round-robin-fairness-policy",
     "running-requests-size-scorer", "single-profile-handler", "slo-aware-profile-handler",
     "slo-deadline-ordering-policy", "slo-headroom-tier-filter", "slo-request-tracker", "static-usage-limit-policy",

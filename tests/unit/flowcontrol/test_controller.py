@@ -58,7 +58,7 @@ class PerBandCeiling:
     def __init__(self, ceilings: dict[int, float]) -> None:
         self.ceilings = ceilings
 
-    def ceiling(self, priority: int, saturation: float) -> float:
+    def ceiling(self, priority: int, saturation: float, priorities: Sequence[int] = ()) -> float:
         return self.ceilings.get(priority, 1.0)
 
 

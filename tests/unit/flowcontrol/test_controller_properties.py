@@ -53,7 +53,7 @@ class Detector:
 
 
 class Ceilings:
-    def ceiling(self, priority: int, saturation: float) -> float:
+    def ceiling(self, priority: int, saturation: float, priorities: Sequence[int] = ()) -> float:
         return CEILINGS.get(priority, 1.0)
 
 
