@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-collector: $(STAMP)
 ## Soak: 100,000 mixed requests through real Envoy; RSS, per-key structure sizes, errors by kind.
 bench-soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
+
+## Flow control under 2x overload: high-priority p90 TTFT, low-priority shedding, per-workload fairness, queue CPU per request.
+bench-flowcontrol: $(STAMP)
+	$(BIN)/python -m benchmarks.flowcontrol.run
 
 clean:
 	rm -rf $(VENV) .stack .pytest_cache .ruff_cache *.egg-info

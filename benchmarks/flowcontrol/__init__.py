@@ -1,0 +1,1 @@
+"""Flow-control benchmark: high-priority TTFT, shedding, fairness and queue CPU cost under overload."""
