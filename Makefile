@@ -66,6 +66,11 @@ bench-collector: $(STAMP)
 bench-soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
 
+## Autoscaler: a load ramp on simulators; recommended replicas vs load (PNG), rise time, flaps (~50 s).
+bench-autoscale: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.autoscale.run
+
 ## Flow control under 2x overload: high-priority p90 TTFT, low-priority shedding, per-workload fairness, queue CPU per request.
 bench-flowcontrol: $(STAMP)
 	$(BIN)/python -m benchmarks.flowcontrol.run

@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES = (
     "epp.plugins.cli",
     "epp.sim.cli",
     "epp.devstack.cli",
+    "epp.autoscale.cli",
     "epp.ops.cli",
     "epp.ops.bundle_cli",
 )

@@ -538,7 +538,7 @@ def test_flow_control_policies_may_be_configured_plugins() -> None:
         flowControl: {usageLimitPolicyPluginRef: strict}
         """))
     assert config.flow_control is not None
-    assert config.flow_control.usage_limit.ceiling(0, 0.0) == 0.5
+    assert config.flow_control.usage_limit.ceiling(0, 0.0, (0,)) == 0.5
 
 
 def test_a_config_of_only_comments_runs_the_default() -> None:
