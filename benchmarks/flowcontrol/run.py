@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from benchmarks.flowcontrol import configs
-from benchmarks.flowcontrol.fastpath import admission_cpu_us
+from benchmarks.flowcontrol.fastpath import admission_cpu_us, director_cpu_us
 from benchmarks.flowcontrol.figures import run_figures
 from benchmarks.flowcontrol.probe import cpu_seconds, queue_reading, wait_sims_idle
 from benchmarks.flowcontrol.traffic import MODEL, TrafficMix, plan, send_open_loop
@@ -288,6 +288,10 @@ def print_table(report: dict[str, Any]) -> None:
           f"meanwhile: {_cell(fc_cpu['waited_over_100us'], '.0f')}")
     print(f"the admission step alone, in process (fastpath.py): {report['admission_fast_path_us']:.1f} us CPU per "
           f"request that does not wait")
+    d = report["director_us"]
+    print(f"the whole director per request, in process: off {d['off']:.1f} us, fc {d['fc']:.1f} us: the gate adds "
+          f"{report['director_us_added']:+.1f} us (aim <= {AIMS['cpu_us_added']:g}: "
+          f"{_met(report, 'director_us_added')})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -341,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     report = summarize(runs, setup, args)
     assert bench.fc.config_text is not None
     report["admission_fast_path_us"] = admission_cpu_us(bench.fc.config_text)
+    director: dict[str, list[float]] = {"fc": [], "off": []}  # interleaved, so drift hits both alike
+    for _ in range(3):
+        director["fc"].append(director_cpu_us(bench.fc.config_text))
+        director["off"].append(director_cpu_us(bench.off.config_text))
+    report["director_us"] = {k: statistics.median(v) for k, v in director.items()}
+    report["director_us_added"] = report["director_us"]["fc"] - report["director_us"]["off"]
+    report["aims_met"]["director_us_added"] = report["director_us_added"] <= AIMS["cpu_us_added"]
     print_table(report)
     compact = {k: v for k, v in report.items() if k != "runs"}
     print(json.dumps(compact, separators=(",", ":")))
