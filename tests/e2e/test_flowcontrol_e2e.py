@@ -3,8 +3,8 @@
 The stack runs the shipped ``config/flow-control.yaml`` and ``config/objectives.yaml``
 with a batch band of 6 requests. The ordering test needs an exact capacity: there the
 saturation detector is ``concurrency-detector`` (the picker's own in-flight count against
-two requests per simulator), so "the pool is full" is a fact the test creates, not a
-timing, and the simulators are frozen (SIGSTOP) so nothing completes and nothing is
+two requests per simulator, and one saturation ceiling for every band), so "the pool is
+full" is a fact the test creates, not a timing, and the simulators are frozen (SIGSTOP) so nothing completes and nothing is
 dispatched until the test lets them go. The flood test keeps the shipped
 ``utilization-detector`` and overloads real simulators.
 
@@ -16,10 +16,11 @@ header passes, standing for a gateway that sets it from a trusted source (README
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from e2e_support import SIM_ARGS, Reply, completion, post  # type: ignore[import
 
 from epp.devstack.envoy import CONTROL_REQUEST_HEADERS
 from epp.devstack.stack import Stack
+from epp.testing.waiting import eventually as wait_for_condition
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH_BAND_REQUESTS = 6
@@ -63,7 +65,10 @@ def flow_control_stack(workdir: Path, config: str, sim_args: list[str]) -> Stack
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with flow_control_stack(tmp_path, shipped_config(exact_capacity=True), SIM_ARGS) as running:
+    # One ceiling for every band, so "full" means every slot (the shipped priority holdback
+    # would keep the fillers from filling the pool: they are priority 0, ceiling 0.75).
+    config = shipped_config(exact_capacity=True, usageLimitPolicyPluginRef="static-usage-limit-policy")
+    with flow_control_stack(tmp_path, config, SIM_ARGS) as running:
         yield running
 
 
@@ -85,13 +90,8 @@ async def admin(session: aiohttp.ClientSession, stack: Stack, path: str) -> Any:
         return await response.json()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll an async check until it returns true; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.02)
+# Through Envoy and real scrapes: allow more than the helper's default 5 s.
+eventually = functools.partial(wait_for_condition, timeout=10.0)
 
 
 def band_counts(snapshot: dict[str, Any]) -> dict[int, int]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from epp.server.app import PickerServer, ServeOptions
 from epp.server.cli import options_from_args
 from epp.testing import ExtProcClient
 from epp.testing.pages import MetricsPage
+from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -72,14 +72,6 @@ def strict_loads(text: str) -> Any:
         raise ValueError(f"invalid JSON constant {constant}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 # --- defect 6: admin exposed with ext_proc ------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -12,6 +11,7 @@ import pytest
 from epp.server.app import PickerServer
 from epp.sim import FaultMode, SimConfig, SimServer
 from epp.testing.pages import MetricsPage
+from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -38,13 +38,6 @@ async def sims() -> AsyncIterator[list[SimServer]]:
     for server in servers:
         await server.stop()
 
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def scraping_picker(start_picker: PickerFactory, sims: list[SimServer]) -> PickerServer:

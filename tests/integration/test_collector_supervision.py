@@ -4,9 +4,8 @@ collector, a dead fleet) and comes back when data flows again. Loopback servers 
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -20,6 +19,7 @@ from epp.server.app import BackgroundTasks, PickerServer, ServeOptions
 from epp.server.health import EXT_PROC_SERVICE
 from epp.sim import FaultMode, SimConfig, SimServer
 from epp.testing.pages import MetricsPage
+from epp.testing.waiting import eventually as wait_for_condition
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -49,17 +49,8 @@ async def sims() -> AsyncIterator[list[SimServer]]:
         await server.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+# Scrapes and restarts here take longer than the helper's default 5 s.
+eventually = functools.partial(wait_for_condition, timeout=10.0)
 
 
 class FailingPage(MetricsPage):

@@ -30,6 +30,7 @@ from epp.flowcontrol.saturation import ConcurrencyDetector
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
 from epp.testing.envoy_stream import ScriptedStream, body_message, request_headers_message, response_headers_message
+from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -84,13 +85,6 @@ def write_objectives(path: Path, text: str) -> Path:
     tmp.replace(path)
     return path
 
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 async def open_request(client: ExtProcClient, headers: Mapping[str, str] | None = None,

@@ -29,6 +29,7 @@ from epp.server.app import PickerServer, ServeOptions
 from epp.sim import FaultMode, SimConfig, SimServer
 from epp.testing import ExtProcClient
 from epp.testing.envoy_stream import ScriptedStream, body_message, request_headers_message, response_headers_message
+from epp.testing.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 SLO_CONFIG = (REPO / "config" / "slo-aware.yaml").read_text()
@@ -104,13 +105,6 @@ async def start_slo_picker(sims: list[SimServer]) -> AsyncIterator[PickerFactory
     for server in servers:
         await server.stop(grace=0)  # a second stop (after the test's own) is harmless
 
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 # --- playing Envoy --------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from epp.sim import SimConfig, SimServer
+from epp.testing.waiting import eventually as wait_for_condition
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -41,12 +42,8 @@ async def autoscale(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+# The autoscaler's analysis interval and scrapes: allow more than the helper's default 5 s.
+eventually = functools.partial(wait_for_condition, timeout=10.0)
 
 
 async def waiting_on(session: aiohttp.ClientSession, sim: SimServer) -> float:

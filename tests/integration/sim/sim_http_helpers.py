@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
+
+from epp.testing.waiting import eventually as wait_for_condition
 
 __all__ = ["eventually", "post_json", "sample", "scrape", "stream"]
 
@@ -52,10 +53,5 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float:
     raise KeyError(name)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+# Simulator state changes are polled over HTTP: allow more than the helper's default 5 s.
+eventually = functools.partial(wait_for_condition, timeout=10.0)
