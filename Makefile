@@ -71,6 +71,10 @@ bench-autoscale: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.autoscale.run
 
+## SLO-aware routing vs the default profile: attainment, goodput, no-SLO p90 TTFT, predictor error and cost.
+bench-slo: $(STAMP)
+	$(BIN)/python -m benchmarks.slo.run
+
 ## Flow control under 2x overload: high-priority p90 TTFT, low-priority shedding, per-workload fairness, queue CPU per request.
 bench-flowcontrol: $(STAMP)
 	$(BIN)/python -m benchmarks.flowcontrol.run
