@@ -4,8 +4,8 @@ The stack runs the shipped ``config/flow-control.yaml`` and ``config/objectives.
 with a batch band of 6 requests. The ordering test needs an exact capacity: there the
 saturation detector is ``concurrency-detector`` (the picker's own in-flight count against
 two requests per simulator, and one saturation ceiling for every band), so "the pool is
-full" is a fact the test creates, not a timing, and the simulators are frozen (SIGSTOP) so nothing completes and nothing is
-dispatched until the test lets them go. The flood test keeps the shipped
+full" is a fact the test creates, not a timing, and the simulators are frozen (SIGSTOP)
+so nothing completes and nothing is dispatched until the test lets them go. The flood test keeps the shipped
 ``utilization-detector`` and overloads real simulators.
 
 Envoy strips the control headers from clients (``config/envoy.yaml``); here the objective
