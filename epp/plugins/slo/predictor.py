@@ -40,10 +40,25 @@ no prefix producer) keeps its prior value exactly.
 
 Endpoint speed. Replicas differ in speed (GPU type, model parallelism, ``epp sim --speed``)
 in ways no load feature shows: an idle slow replica looks like an idle fast one. So each
-endpoint also has a multiplicative factor per target, the geometric moving average
-(weight ``FACTOR_ALPHA`` per sample) of actual / predicted-by-the-shared-model, learned at
+endpoint also has a multiplicative factor per target, the geometric moving average of
+actual / predicted-by-the-shared-model (weight 1/n for the endpoint's n-th sample, so the
+first ones are averaged plainly and a new replica's speed is learnt from a handful of
+requests, then ``FACTOR_ALPHA``: a memory of about 30 requests, so one slow request moves
+it by a few percent, not by a tenth of its error), learned at
 refit and applied at prediction (1.0 for an endpoint never seen). At most
 ``MAX_ENDPOINT_FACTORS`` endpoints are remembered (the least recently updated go first).
+
+Margin (the prediction the decision uses). The model predicts a typical latency, but an
+objective is missed by the requests slower than predicted, and the endpoint a request is
+sent to is the one whose prediction fit its objective (so the chosen predictions err low
+more often than not). ``predict_bound`` therefore multiplies the typical prediction by a
+per-endpoint margin: the ``quantile`` (0.9 by default, as the Go predictor's
+``LATENCY_QUANTILE_ALPHA``) of actual / predicted over the endpoint's last ``MARGIN_WINDOW``
+held-out samples (the whole pool's until the endpoint has ``MARGIN_MIN_SAMPLES``), kept in
+``MARGIN_RANGE``. ``quantile=None`` turns the margin off (``predict_bound`` = ``predict``).
+With it, a request is sent where its objective holds for about 90 % of requests like it,
+not for half of them. ``predict`` stays the typical latency: the held-out
+error measures it.
 
 Error. Before new samples are folded in, the served model predicts them: they are a
 held-out window of the most recent traffic. The median absolute percentage error over the
@@ -77,6 +92,9 @@ from epp.plugins.slo.features import TPOT_TERMS, TTFT_TERMS, Features, tpot_term
 
 __all__ = [
     "ERROR_WINDOW",
+    "MARGIN_MIN_SAMPLES",
+    "MARGIN_RANGE",
+    "MARGIN_WINDOW",
     "PRIOR_PSEUDO_SAMPLES",
     "PRIOR_TPOT",
     "PRIOR_TTFT",
@@ -96,7 +114,10 @@ TPOT_FLOOR_MS = 0.1
 # Latencies beyond an hour are broken clocks or stuck streams, not training data.
 _MAX_LATENCY_MS = 3_600_000.0
 ERROR_WINDOW = 500
-FACTOR_ALPHA = 0.1
+MARGIN_WINDOW = 200
+MARGIN_MIN_SAMPLES = 20
+MARGIN_RANGE = (0.5, 4.0)
+FACTOR_ALPHA = 0.03
 MAX_ENDPOINT_FACTORS = 4096
 _FACTOR_RANGE = (0.1, 10.0)
 SAVED_SAMPLES = 2000
@@ -207,9 +228,13 @@ class LatencyPredictor:
         state_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         poll_interval: float = 0.25,
+        quantile: float | None = 0.9,
     ) -> None:
         if max_samples < 1:
             raise ValueError("max_samples must be >= 1")
+        if quantile is not None and not 0.0 < quantile < 1.0:
+            raise ValueError("quantile must be between 0 and 1 (exclusive), or None for no margin")
+        self.quantile = quantile
         self._clock = clock
         self._refit_interval = refit_interval
         self._refit_samples = max(1, refit_samples)
@@ -225,6 +250,15 @@ class LatencyPredictor:
         self.coefficients = Coefficients()
         # endpoint name → (TTFT factor, TPOT factor); only ever replaced whole, on the loop
         self.endpoint_factors: dict[str, tuple[float, float]] = {}
+        # endpoint → (TTFT, TPOT) samples its factor has learnt from, for the 1/n start
+        self._factor_samples: dict[str, tuple[int, int]] = {}
+        # Held-out actual / predicted per endpoint ("" = the whole pool), for the margins.
+        self._ratios: dict[str, tuple[deque[float], deque[float]]] = {}
+        # endpoint → (TTFT, TPOT) margin; "" is the pool's, for endpoints with few samples
+        self.margins: dict[str, tuple[float, float]] = {}
+        # endpoint factor × margin, and the pool margin alone: what predict_bound multiplies by
+        self._bound_factors: dict[str, tuple[float, float]] = {}
+        self._pool_margin = (1.0, 1.0)
         self._ttft_errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self._tpot_errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self.refits = 0
@@ -244,6 +278,16 @@ class LatencyPredictor:
         if factor is not None:
             ttft *= factor[0]
             tpot *= factor[1]
+        return (ttft if ttft > TTFT_FLOOR_MS else TTFT_FLOOR_MS, tpot if tpot > TPOT_FLOOR_MS else TPOT_FLOOR_MS)
+
+    def predict_bound(self, f: Features, endpoint: str = "") -> tuple[float, float]:
+        """(TTFT ms, TPOT ms) that about ``quantile`` of such requests stay under: what objectives are judged by."""
+        c = self.coefficients
+        ttft = sum(map(mul, c.ttft, ttft_terms(f)))
+        tpot = sum(map(mul, c.tpot, tpot_terms(f)))
+        factor = self._bound_factors.get(endpoint) or self._pool_margin
+        ttft *= factor[0]
+        tpot *= factor[1]
         return (ttft if ttft > TTFT_FLOOR_MS else TTFT_FLOOR_MS, tpot if tpot > TPOT_FLOOR_MS else TPOT_FLOOR_MS)
 
     def observe(self, f: Features, ttft_ms: float | None, tpot_ms: float | None, endpoint: str = "") -> bool:
@@ -288,6 +332,7 @@ class LatencyPredictor:
             if tpot is not None:
                 self._tpot_errors.append(_ape(tpot_pred, tpot))
                 self._tpot.add(tpot_terms(f), tpot)
+            self._note_ratios(endpoint, ttft, ttft_pred, tpot, tpot_pred)
         fitted = Coefficients(self._ttft.solve(), self._tpot.solve())
         # Factors are residuals of the shared model, so they are learned against the new fit.
         factors = dict(self.endpoint_factors)
@@ -295,12 +340,63 @@ class LatencyPredictor:
             if endpoint:
                 shared = (max(TTFT_FLOOR_MS, sum(map(mul, fitted.ttft, ttft_terms(f)))),
                           max(TPOT_FLOOR_MS, sum(map(mul, fitted.tpot, tpot_terms(f)))))
-                _update_factor(factors, endpoint, factors.get(endpoint, (1.0, 1.0)), shared, ttft, tpot)
+                seen = self._factor_samples.get(endpoint, (0, 0))
+                seen = (seen[0] + (ttft is not None), seen[1] + (tpot is not None))
+                self._factor_samples[endpoint] = seen
+                _update_factor(factors, endpoint, factors.get(endpoint, (1.0, 1.0)), shared, ttft, tpot, seen)
+        self._factor_samples = {k: v for k, v in self._factor_samples.items() if k in factors}
         self.coefficients = fitted
         self.endpoint_factors = factors
+        self._update_margins({endpoint for *_, endpoint in new})
         self.refits += 1
         self.last_refit_at = self._clock()
         return True
+
+    def _note_ratios(self, endpoint: str, ttft: float | None, ttft_pred: float, tpot: float | None,
+                     tpot_pred: float) -> None:
+        for key in {"", endpoint}:
+            ratios = self._ratios.get(key)
+            if ratios is None:
+                if len(self._ratios) > MAX_ENDPOINT_FACTORS:
+                    del self._ratios[next(k for k in self._ratios if k)]
+                ratios = self._ratios[key] = (deque(maxlen=MARGIN_WINDOW), deque(maxlen=MARGIN_WINDOW))
+            if ttft is not None:
+                ratios[0].append(ttft / ttft_pred)
+            if tpot is not None:
+                ratios[1].append(tpot / tpot_pred)
+
+    def _update_margins(self, endpoints: set[str]) -> None:
+        """Recompute the margins of the pool and the endpoints that got samples; rebuild the bound factors."""
+        margins = dict(self.margins)
+        for endpoint in endpoints | {""}:
+            ratios = self._ratios.get(endpoint)
+            if ratios is not None:
+                margins[endpoint] = (self._margin(ratios[0], margins.get("", (1.0, 1.0))[0]),
+                                     self._margin(ratios[1], margins.get("", (1.0, 1.0))[1]))
+        margins = {k: v for k, v in margins.items() if k == "" or k in self._ratios}
+        pool = margins.get("", (1.0, 1.0))
+        self.margins = margins
+        self._pool_margin = pool
+        bound: dict[str, tuple[float, float]] = {}
+        for endpoint in set(self.endpoint_factors) | set(margins):
+            if not endpoint:
+                continue
+            factor = self.endpoint_factors.get(endpoint, (1.0, 1.0))
+            margin = margins.get(endpoint, pool)
+            bound[endpoint] = (factor[0] * margin[0], factor[1] * margin[1])
+        self._bound_factors = bound
+
+    def _margin(self, ratios: deque[float], fallback: float) -> float:
+        if self.quantile is None:
+            return 1.0
+        if len(ratios) < MARGIN_MIN_SAMPLES:
+            return fallback
+        ordered = sorted(ratios)
+        position = self.quantile * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        value = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+        return min(MARGIN_RANGE[1], max(MARGIN_RANGE[0], value))
 
     async def run(self) -> None:
         """Refit when due, forever (the lead starts this as a background task; cancel to stop)."""
@@ -360,6 +456,10 @@ class LatencyPredictor:
                 self._tpot.add(tpot_terms(f), tpot)
         self.coefficients = coefficients
         self.endpoint_factors = factors
+        # Loaded factors are settled: new samples move them at FACTOR_ALPHA, not 1/n.
+        settled = math.ceil(1.0 / FACTOR_ALPHA)
+        self._factor_samples = {name: (settled, settled) for name in factors}
+        self._update_margins(set())
         self.refits = refits
         log.info("latency predictor: loaded %d samples and coefficients from %s", len(samples), path)
 
@@ -385,6 +485,9 @@ class LatencyPredictor:
             },
             "endpointFactors": {name: {"ttft": round(k[0], 3), "tpot": round(k[1], 3)}
                                 for name, k in list(self.endpoint_factors.items())[-64:]},
+            "quantile": self.quantile,
+            "margins": {name or "(pool)": {"ttft": round(k[0], 3), "tpot": round(k[1], 3)}
+                        for name, k in list(self.margins.items())[-64:]},
             "prior": {"ttft": dict(zip(TTFT_TERMS, PRIOR_TTFT, strict=True)),
                       "tpot": dict(zip(TPOT_TERMS, PRIOR_TPOT, strict=True))},
             "statePath": None if self._state_path is None else str(self._state_path),
@@ -423,17 +526,19 @@ def _optional_latency(value: Any, what: str) -> float | None:
 
 
 def _update_factor(factors: dict[str, tuple[float, float]], endpoint: str, factor: tuple[float, float],
-                   shared: tuple[float, float], ttft: float | None, tpot: float | None) -> None:
+                   shared: tuple[float, float], ttft: float | None, tpot: float | None,
+                   seen: tuple[int, int]) -> None:
     low, high = _FACTOR_RANGE
 
-    def moved(old: float, actual: float | None, predicted: float) -> float:
+    def moved(old: float, actual: float | None, predicted: float, n: int) -> float:
         if actual is None:
             return old
         ratio = min(high, max(low, actual / predicted))
-        return math.exp((1.0 - FACTOR_ALPHA) * math.log(old) + FACTOR_ALPHA * math.log(ratio))
+        alpha = max(FACTOR_ALPHA, 1.0 / max(n, 1))
+        return math.exp((1.0 - alpha) * math.log(old) + alpha * math.log(ratio))
 
     factors.pop(endpoint, None)  # re-inserted last: dict order is least recently updated first
-    factors[endpoint] = (moved(factor[0], ttft, shared[0]), moved(factor[1], tpot, shared[1]))
+    factors[endpoint] = (moved(factor[0], ttft, shared[0], seen[0]), moved(factor[1], tpot, shared[1], seen[1]))
     if len(factors) > MAX_ENDPOINT_FACTORS:
         del factors[next(iter(factors))]
 

@@ -26,6 +26,13 @@ and trains:
 Parameters (Go names and defaults, where they mean something here):
 
 - ``sloBufferFactor`` (1.0, > 0): multiplies the objective before headroom is computed.
+- ``latencyQuantile`` (0.9, in [0, 1); 0 = no margin: the typical latency): the share of
+  requests the predicted latency should cover (the Go predictor's
+  ``LATENCY_QUANTILE_ALPHA``). Predictions and headroom use
+  ``LatencyPredictor.predict_bound``: the typical prediction times the endpoint's learnt
+  margin, the quantile of actual / predicted on its recent held-out requests. Without it an
+  endpoint whose typical latency just meets the objective misses it for about half the
+  requests sent there, and those are the ones ``least`` prefers.
 - ``endpointRoleLabel`` (""): label key for disaggregated serving; on endpoints whose label
   value is ``prefill`` TPOT is neutralised (predicted 0, headroom 0), as in Go.
 - ``predictInPrepareData`` (true; Go's newer spelling ``predictInProduce`` is accepted
@@ -86,6 +93,7 @@ class PredictedLatencyParams:
     sampling_mean: float = 1000.0
     max_decode_token_samples_for_prediction: int = 0
     slo_buffer_factor: float = 1.0
+    latency_quantile: float = 0.9
     context_ttl: Duration = field(default=Duration(300.0), metadata={"key": "contextTTL"})
     streaming_mode: bool = False
     endpoint_role_label: str = ""
@@ -105,6 +113,8 @@ class PredictedLatencyParams:
         require(self.max_decode_token_samples_for_prediction >= 0, "max_decode_token_samples_for_prediction",
                 "must be >= 0", self.max_decode_token_samples_for_prediction)
         require(self.slo_buffer_factor > 0, "slo_buffer_factor", "must be > 0", self.slo_buffer_factor)
+        require(0 <= self.latency_quantile < 1, "latency_quantile", "must be >= 0 and < 1 (0: no margin)",
+                self.latency_quantile)
         require(self.refit_interval > 0, "refit_interval", "must be > 0", self.refit_interval)
         require(self.refit_samples >= 1, "refit_samples", "must be >= 1", self.refit_samples)
         require(1 <= self.max_samples <= 1_000_000, "max_samples", "must be between 1 and 1000000",
@@ -166,7 +176,8 @@ class PredictedLatencyProducer(BasePlugin):
                 log.info("%s: %s is accepted for Go configs and ignored (it concerns the Go sidecars)",
                          self.typed_name, key)
         self.predictor = LatencyPredictor(max_samples=p.max_samples, refit_interval=float(p.refit_interval),
-                                          refit_samples=p.refit_samples, state_path=p.state_path or None)
+                                          refit_samples=p.refit_samples, state_path=p.state_path or None,
+                                          quantile=p.latency_quantile or None)
         self._state_key = f"{self.TYPE}/{name}"
         self._buffer = p.slo_buffer_factor
         self._role_label = p.endpoint_role_label
@@ -198,7 +209,7 @@ class PredictedLatencyProducer(BasePlugin):
             stated = ttft_slo is not None or tpot_slo is not None
             judge_ttft = ttft_slo is not None or not stated
             judge_tpot = tpot_slo is not None or not stated
-            predict = self.predictor.predict
+            predict = self.predictor.predict_bound
             for ep in endpoints:
                 f = rows[ep.name]
                 ttft, tpot = predict(f, ep.name)

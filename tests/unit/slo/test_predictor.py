@@ -13,6 +13,8 @@ import pytest
 
 from epp.plugins.slo.features import Features
 from epp.plugins.slo.predictor import (
+    MARGIN_MIN_SAMPLES,
+    MARGIN_RANGE,
     MAX_ENDPOINT_FACTORS,
     PRIOR_TPOT,
     PRIOR_TTFT,
@@ -217,6 +219,89 @@ def test_endpoint_factors_are_bounded() -> None:
     predictor.refit()
     assert len(predictor.endpoint_factors) == MAX_ENDPOINT_FACTORS
     assert "ep-0" not in predictor.endpoint_factors and f"ep-{MAX_ENDPOINT_FACTORS + 9}" in predictor.endpoint_factors
+
+
+# --- the margin (predict_bound) --------------------------------------------------------------
+
+def train_noisy(predictor: LatencyPredictor, count: int, endpoint: str, spread: float, seed: int = 3) -> None:
+    """Latencies spread uniformly over ±``spread`` around the true relation, on one endpoint."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        f = random_features(rng)
+        predictor.observe(f, true_ttft(f) * rng.uniform(1 - spread, 1 + spread),
+                          true_tpot(f) * rng.uniform(1 - spread, 1 + spread), endpoint)
+
+
+def share_under(predictor: LatencyPredictor, endpoint: str, spread: float, seed: int = 99) -> tuple[float, float]:
+    """Share of fresh requests whose actual TTFT / TPOT stays under predict_bound."""
+    rng = random.Random(seed)
+    under = [0, 0]
+    count = 2000
+    for _ in range(count):
+        f = random_features(rng)
+        bound = predictor.predict_bound(f, endpoint)
+        under[0] += true_ttft(f) * rng.uniform(1 - spread, 1 + spread) <= bound[0]
+        under[1] += true_tpot(f) * rng.uniform(1 - spread, 1 + spread) <= bound[1]
+    return under[0] / count, under[1] / count
+
+
+def test_the_bound_covers_the_quantile_of_held_out_requests() -> None:
+    predictor = LatencyPredictor(refit_samples=100, quantile=0.9)
+    for seed in range(20):  # refits every 100 samples, as in serving: later batches are held out
+        train_noisy(predictor, 100, "noisy", 0.4, seed=seed)
+        predictor.refit()
+    ttft_share, tpot_share = share_under(predictor, "noisy", 0.4)
+    # The quantile of 200 held-out ratios, learnt while the model still moves: near 0.9, not exactly.
+    assert 0.78 <= ttft_share <= 0.97 and 0.78 <= tpot_share <= 0.97
+    f = features(tokens=800, running=20, kv=0.3)
+    assert predictor.predict_bound(f, "noisy")[0] > predictor.predict(f, "noisy")[0] * 1.2
+
+
+def test_a_noisier_endpoint_gets_a_wider_margin_and_the_typical_prediction_stays() -> None:
+    predictor = LatencyPredictor(refit_samples=100)
+    for seed in range(10):
+        train_noisy(predictor, 100, "steady", 0.05, seed=seed)
+        train_noisy(predictor, 100, "jumpy", 0.6, seed=seed + 100)
+        predictor.refit()
+    f = features(tokens=800, running=20, kv=0.3)
+    steady = predictor.predict_bound(f, "steady")[1] / predictor.predict(f, "steady")[1]
+    jumpy = predictor.predict_bound(f, "jumpy")[1] / predictor.predict(f, "jumpy")[1]
+    assert steady < 1.1 < 1.3 < jumpy
+    snapshot = predictor.debug_snapshot()
+    assert snapshot["quantile"] == 0.9 and set(snapshot["margins"]) == {"(pool)", "steady", "jumpy"}
+
+
+def test_an_endpoint_with_few_samples_borrows_the_pools_margin() -> None:
+    predictor = LatencyPredictor(refit_samples=10**9)
+    train_noisy(predictor, 300, "old", 0.5)
+    predictor.refit()
+    train_noisy(predictor, MARGIN_MIN_SAMPLES - 1, "new", 0.5, seed=4)
+    predictor.refit()
+    pool = predictor.margins[""]
+    assert pool[0] > 1.1 and predictor.margins["new"] == pool
+    f = features(tokens=500)
+    assert predictor.predict_bound(f, "unseen") == pytest.approx(
+        tuple(v * m for v, m in zip(predictor.predict(f, "unseen"), pool, strict=True)))
+
+
+def test_without_a_quantile_the_bound_is_the_typical_prediction() -> None:
+    predictor = LatencyPredictor(refit_samples=10**9, quantile=None)
+    train_noisy(predictor, 500, "e", 0.5)
+    predictor.refit()
+    f = features(tokens=500, running=10)
+    assert predictor.predict_bound(f, "e") == predictor.predict(f, "e")
+
+
+def test_margins_stay_in_range_and_the_quantile_is_validated() -> None:
+    predictor = LatencyPredictor(refit_samples=10**9)
+    f = features()
+    for _ in range(100):
+        predictor.observe(f, 1000.0 * predictor.predict(f, "e")[0], 0.001 * predictor.predict(f, "e")[1], "e")
+    predictor.refit()
+    assert predictor.margins["e"] == (MARGIN_RANGE[1], MARGIN_RANGE[0])
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="quantile"):
+            LatencyPredictor(quantile=bad)
 
 
 # --- persistence -----------------------------------------------------------------------------
