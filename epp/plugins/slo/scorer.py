@@ -17,6 +17,12 @@ the Go EPP's ``latency-scorer`` (``pkg/epp/framework/plugins/scheduling/scorer/l
   capacity elsewhere stays free for later requests); ``most`` the one with the most
   headroom. Negative headroom always uses ``least`` (the smallest deficit), since
   ``most`` would favour the most overloaded endpoint.
+- When all are negative (the idle group and the deficit buckets), endpoints are ranked by
+  their *deficits*, ``max(0, -headroom)`` per dimension, not by ``|headroom|``: a dimension
+  an endpoint meets has no deficit. Ranking by ``|headroom|`` there (as the Go scorer does)
+  means that in the "only TPOT violated" bucket the endpoint with the least TTFT room to
+  spare scores highest, so a request whose TPOT objective no endpoint is predicted to meet
+  goes to the *slowest* endpoint that meets its TTFT, the one that misses the TPOT worst.
 - Scores are quantised as in Go to ``(int(x * 100) + 1) / 100``, so every scored
   endpoint keeps a small positive weight for a weighted-random picker.
 - No predictions at all (producer not configured or failing): a composite of free KV
@@ -106,13 +112,18 @@ class LatencyScorer(BasePlugin):
             self._score_group(positive, scores, self.params.headroom_selection_strategy)
             return scores
         idle = [c for c in candidates if c.prediction.dispatched == 0]
-        self._score_group(idle or _least_severe_bucket(candidates), scores, "least")
+        self._score_group(idle or _least_severe_bucket(candidates), scores, "least", deficits=True)
         return scores
 
-    def _score_group(self, group: list[_Candidate], scores: list[float], strategy: Strategy) -> None:
+    def _score_group(self, group: list[_Candidate], scores: list[float], strategy: Strategy,
+                     deficits: bool = False) -> None:
         alpha, beta = _normalised(self.params.ttft_weight, self.params.tpot_weight)
-        ttft = [abs(c.prediction.ttft_headroom_ms) for c in group]
-        tpot = [abs(c.prediction.tpot_headroom_ms) for c in group]
+        if deficits:
+            ttft = [max(0.0, -c.prediction.ttft_headroom_ms) for c in group]
+            tpot = [max(0.0, -c.prediction.tpot_headroom_ms) for c in group]
+        else:
+            ttft = [abs(c.prediction.ttft_headroom_ms) for c in group]
+            tpot = [abs(c.prediction.tpot_headroom_ms) for c in group]
         ttft_low, ttft_range = min(ttft), max(ttft) - min(ttft)
         tpot_low, tpot_range = min(tpot), max(tpot) - min(tpot)
         if ttft_range <= _EPS < tpot_range:

@@ -95,6 +95,8 @@ def test_go_parameters_load_and_sidecar_ones_are_noted(handle: Handle, caplog: p
     ({"samplingMean": -1.0}, "samplingMean"),
     ({"maxDecodeTokenSamplesForPrediction": -1}, "maxDecodeTokenSamplesForPrediction"),
     ({"sloBufferFactor": 0}, "sloBufferFactor"),
+    ({"latencyQuantile": 1.0}, "latencyQuantile"),
+    ({"latencyQuantile": -0.1}, "latencyQuantile"),
     ({"maxSamples": 0}, "maxSamples"),
     ({"refitInterval": "0s"}, "refitInterval"),
     ({"contextTTL": "soon"}, "contextTTL"),
@@ -127,6 +129,32 @@ async def test_headroom_against_the_objectives_times_the_buffer(handle: Handle, 
     assert fast.ttft_ms < slow.ttft_ms and fast.tpot_ms < slow.tpot_ms
     assert fast.meets_slo and not slow.meets_slo
     assert slow.kv_cache_usage == 0.9
+
+
+async def test_a_latency_quantile_judges_objectives_by_the_learnt_margin(handle: Handle, make_endpoint: Any,
+                                                                         make_request: Any) -> None:
+    ep = make_endpoint("a")
+    producers = {q: build(handle, {"latencyQuantile": q}) for q in (0, 0.9)}
+    assert producers[0].predictor.quantile is None and producers[0.9].predictor.quantile == 0.9
+    seen: dict[float, LatencyPrediction] = {}
+    for q, producer in producers.items():
+        cycle = CycleState()
+        request = slo_request(make_request, ttft=1000.0, tpot=100.0)
+        await producer.prepare_data(cycle, request, [ep])
+        f = request.plugin_state[producer._state_key].rows["a"]
+        # Requests on this endpoint take 1x to 2x the typical prediction: the 0.9 margin is ~1.9.
+        for i in range(100):
+            ttft, tpot = producer.predictor.predict(f, "a")
+            producer.predictor.observe(f, ttft * (1 + i / 100), tpot * (1 + i / 100), "a")
+        producer.predictor.refit()
+        cycle = CycleState()
+        await producer.prepare_data(cycle, slo_request(make_request, ttft=1000.0, tpot=100.0), [ep])
+        p = latency_predictions(cycle).get("a")
+        assert p is not None
+        seen[q] = p
+    assert 1.7 < seen[0.9].ttft_ms / seen[0].ttft_ms < 2.1
+    assert 1.7 < seen[0.9].tpot_ms / seen[0].tpot_ms < 2.1
+    assert seen[0.9].tpot_headroom_ms == pytest.approx(100.0 - seen[0.9].tpot_ms)
 
 
 async def test_time_spent_before_routing_counts_against_the_ttft_objective(

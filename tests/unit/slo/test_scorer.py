@@ -130,6 +130,16 @@ def test_deficit_buckets_only_tpot_then_only_ttft_then_both(present: list[str], 
     assert all(got[name] == 0.0 for name in present if name != winner)
 
 
+def test_when_no_endpoint_meets_the_tpot_the_smallest_tpot_deficit_wins_not_the_least_ttft_room() -> None:
+    # Only TPOT violated everywhere: the fast endpoint has TTFT room to spare and the smallest TPOT
+    # deficit; the slow one barely meets the TTFT and misses the TPOT by far.
+    got = scores({"fast": pred(200, -1), "slow": pred(5, -20)})
+    assert got["fast"] > got["slow"]
+    # Idle endpoints are ranked the same way.
+    idle = scores({"fast": pred(200, -1, dispatched=0), "slow": pred(5, -20, dispatched=0)})
+    assert idle["fast"] > idle["slow"]
+
+
 def test_a_dimension_with_zero_range_gets_no_weight() -> None:
     # Equal TTFT headroom everywhere: the ranking comes from TPOT alone, at full spread.
     got = scores({"a": pred(50, 1), "b": pred(50, 3), "c": pred(50, 5)})
