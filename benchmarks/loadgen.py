@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
+    runner: Callable[..., Any]
     try:
         import uvloop
 

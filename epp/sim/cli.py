@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from epp.sim.config import ConfigError, EngineKind, LoraModule, SimConfig
 from epp.sim.gauge_values import parse_custom_gauge
+from epp.sim.kv_events_config import parse_kv_events
 
 __all__ = ["add_parser", "configs_from_args", "run"]
 
@@ -100,6 +102,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     custom = p.add_argument_group("custom metrics")
     custom.add_argument("--custom-gauge", action="append", default=[], metavar="NAME=VALUE",
                         help="add gauge NAME{model_name=...} to /metrics (repeatable); POST /sim/gauge changes it")
+    kv = p.add_argument_group("KV-cache events and tokenizer (see docs/simulator.md)")
+    kv.add_argument("--kv-events", default=None, metavar="tcp://HOST:PORT",
+                    help="publish vLLM KV-cache events on a ZeroMQ PUB socket bound here; "
+                         "replica i binds PORT+i")
+    kv.add_argument("--kv-events-config", default=None, metavar="JSON",
+                    help="vLLM's KVEventsConfig JSON (enable_kv_cache_events, publisher, endpoint, "
+                         "replay_endpoint, buffer_steps, hwm, max_queue_size, topic)")
+    kv.add_argument("--tokenizer", default=None, metavar="PATH",
+                    help="a Hugging Face tokenizer.json to tokenize prompts with (as the picker does)")
     p.set_defaults(func=run)
 
 
@@ -116,6 +127,9 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
     if len(speeds) not in (1, replicas):
         raise ConfigError("speed", f"give one value or {replicas} (one per replica)", speeds)
     base = args.base_port if args.base_port is not None else args.port
+    tokenizer = getattr(args, "tokenizer", None)
+    if tokenizer is not None and not os.path.isfile(tokenizer):
+        raise ConfigError("tokenizer", "no such file", tokenizer)
     common = {
         "model": args.model,
         "served_model_name": tuple(args.served_model_name),
@@ -123,6 +137,8 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
         "engine": EngineKind(args.engine),
         "lora_modules": tuple(LoraModule.parse(m) for m in args.lora_modules),
         "custom_gauges": tuple(parse_custom_gauge(g) for g in args.custom_gauge),
+        "kv_events": parse_kv_events(getattr(args, "kv_events", None), getattr(args, "kv_events_config", None)),
+        "tokenizer_path": tokenizer,
         **{name: getattr(args, name) for name in (
             "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "num_gpu_blocks",
             "enable_prefix_caching", "max_loras", "seed", "stream_interval", "default_max_tokens",

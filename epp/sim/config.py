@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from epp.errors import ConfigError
 from epp.sim.gauge_values import check_name, check_value
+from epp.sim.kv_events_config import KVEventsSettings
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -114,6 +115,12 @@ class SimConfig:
 
     # --- custom metrics ---------------------------------------------------------------------------
     custom_gauges: tuple[tuple[str, float], ...] = ()  # (name, value) gauges added to /metrics
+
+    # --- KV-cache events and tokenizer ------------------------------------------------------------
+    # Publisher settings shared by all replicas (each offsets its bound ports by replica_index);
+    # None: no events.
+    kv_events: KVEventsSettings | None = None
+    tokenizer_path: str | None = None  # a Hugging Face tokenizer.json; None: the built-in approximation
 
     # --- derived --------------------------------------------------------------------------------
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)

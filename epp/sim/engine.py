@@ -28,14 +28,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from array import array
 from collections.abc import Callable
+from typing import Protocol
 
 import xxhash
 
 from epp.sim.config import SimConfig
 from epp.sim.cost import CostModel
 from epp.sim.kv_cache import KVCache, chain_seed
+from epp.sim.kv_events import KVEvent, KVEventLog
 from epp.sim.lora import LoraManager
 from epp.sim.metrics import MetricsSink, build_metrics
 from epp.sim.openai_request import ParsedRequest
@@ -58,6 +61,12 @@ _MAX_LAG = 0.05
 _MIN_SLEEP = 0.001
 
 
+class EventSink(Protocol):
+    """Where a step's KV events go (``KVEventPublisher``); must not block."""
+
+    def publish(self, ts: float, events: list[KVEvent]) -> None: ...
+
+
 class Engine:
     """Scheduler, KV cache, adapters, cost model and metrics of one replica.
 
@@ -77,6 +86,7 @@ class Engine:
         self.metrics: MetricsSink = build_metrics(config, self)
         self._textgen = TextGenerator(tokenizer)
         self._ids = random.Random(f"{config.seed}/{config.replica_index}")
+        self._events: EventSink | None = None
         self._wake = asyncio.Event()
         self._running = asyncio.Event()
         self._running.set()
@@ -104,6 +114,24 @@ class Engine:
     def waiting_loras(self) -> list[str]:
         return sorted(self.scheduler.waiting_loras())
 
+    # --- KV events ---------------------------------------------------------------------------
+    def publish_kv_events(self, sink: EventSink) -> None:
+        """Record block stores, evictions and clears from now on; one batch per step goes to ``sink``."""
+        self.kv.events = KVEventLog(self.config.block_size)
+        self._events = sink
+
+    def flush_kv_events(self) -> None:
+        """Hand the events recorded since the last flush to the sink as one batch (if any)."""
+        log, sink = self.kv.events, self._events
+        if log is not None and sink is not None and len(log):
+            sink.publish(time.time(), log.drain())
+
+    def reset_prefix_cache(self) -> int:
+        """vLLM's ``/reset_prefix_cache``: drop every cached block nobody holds; returns how many."""
+        dropped = self.kv.reset_prefix_cache()
+        self.flush_kv_events()
+        return dropped
+
     # --- requests ----------------------------------------------------------------------------
     def new_request_id(self, prefix: str) -> str:
         """A deterministic id such as ``cmpl-<32 hex>``."""
@@ -126,6 +154,7 @@ class Engine:
             arrival=asyncio.get_running_loop().time(),
             stop_reason="length" if parsed.max_tokens_explicit else "stop",
             rng=random.Random(seed),
+            lora_id=self.lora.int_id(parsed.lora),
         )
         self.scheduler.add(req)
         self._wake.set()
@@ -225,6 +254,8 @@ class Engine:
                 metrics.on_finished(req, req.stop_reason, now)
             req.notify()
         metrics.on_step(plan, now)
+        if self._events is not None:
+            self.flush_kv_events()
 
     # --- snapshot -------------------------------------------------------------------------------------
     def stats(self, *, fault: str = "ok", failed: int = 0) -> SimStats:

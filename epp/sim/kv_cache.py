@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from epp.sim.kv_events import KVEventLog
+
 __all__ = ["PRIVATE", "KVCache", "KVCacheStats", "chain_seed", "hash_blocks"]
 
 # Marker for a private block in a request's block list (real hashes are unsigned).
@@ -68,12 +70,14 @@ class KVCache:
     Concurrency: single-threaded (event-loop owned), no locks.
     """
 
-    __slots__ = ("num_blocks", "block_size", "caching", "_ref", "_evictable", "_private")
+    __slots__ = ("num_blocks", "block_size", "caching", "events", "_ref", "_evictable", "_private")
 
     def __init__(self, num_blocks: int, block_size: int, *, caching: bool = True) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.caching = caching
+        # Set when the replica publishes KV events; None keeps the hot paths free of recording.
+        self.events: KVEventLog | None = None
         self._ref: dict[int, int] = {}
         self._evictable: OrderedDict[int, None] = OrderedDict()
         self._private = 0
@@ -138,8 +142,11 @@ class KVCache:
         The caller must have checked ``can_allocate``.
         """
         free = self.num_blocks - self._private - len(self._ref) - len(self._evictable)
+        log = self.events
         for _ in range(count - free if count > free else 0):
-            self._evictable.popitem(last=False)
+            evicted, _ = self._evictable.popitem(last=False)
+            if log is not None:
+                log.removed(evicted)
         self._private += count
         return [PRIVATE] * count
 
@@ -166,7 +173,19 @@ class KVCache:
                 pool[h] = None
 
     def reset_prefix_cache(self) -> int:
-        """Forget every evictable cached block (vLLM's /reset_prefix_cache); returns how many."""
+        """Forget every evictable cached block (vLLM's /reset_prefix_cache); returns how many.
+
+        With no cached block in use the whole cache is gone (``AllBlocksCleared``, as vLLM
+        reports its reset); otherwise the blocks still in use stay cached and only the dropped
+        ones are reported removed, so a subscriber's view stays exact.
+        """
         dropped = len(self._evictable)
+        log = self.events
+        if log is not None and dropped:
+            if self._ref:
+                for block_hash in self._evictable:
+                    log.removed(block_hash)
+            else:
+                log.cleared()
         self._evictable.clear()
         return dropped

@@ -28,7 +28,7 @@ class LoraManager:
     Concurrency: event-loop owned, no locks. Times are loop times (wall seconds).
     """
 
-    __slots__ = ("max_loras", "load_time", "_registered", "_resident", "_loading")
+    __slots__ = ("max_loras", "load_time", "_registered", "_resident", "_loading", "_int_ids", "_next_int_id")
 
     def __init__(self, modules: tuple[LoraModule, ...], max_loras: int, load_time: float) -> None:
         self.max_loras = max_loras
@@ -36,11 +36,24 @@ class LoraManager:
         self._registered: dict[str, str] = {m.name: m.path for m in modules}
         self._resident: OrderedDict[str, None] = OrderedDict()
         self._loading: dict[str, float] = {}
+        # vLLM numbers adapters 1, 2, ... as they are added (lora_int_id); KV events carry it.
+        self._int_ids: dict[str, int] = {}
+        self._next_int_id = 1
+        for m in modules:
+            self._assign_int_id(m.name)
 
     # --- registry (HTTP API) ------------------------------------------------------------------
     def registered(self) -> dict[str, str]:
         """Adapter name to path, in registration order."""
         return dict(self._registered)
+
+    def int_id(self, name: str | None) -> int | None:
+        """The adapter's integer id (None for the base model or an unknown name)."""
+        return None if name is None else self._int_ids.get(name)
+
+    def _assign_int_id(self, name: str) -> None:
+        self._int_ids[name] = self._next_int_id
+        self._next_int_id += 1
 
     def is_registered(self, name: str) -> bool:
         return name in self._registered
@@ -50,12 +63,14 @@ class LoraManager:
         if name in self._registered:
             return False
         self._registered[name] = path
+        self._assign_int_id(name)
         return True
 
     def unregister(self, name: str, in_use: Collection[str]) -> bool:
         """Remove an adapter; False if unknown. A slot in use is freed once its requests end."""
         if self._registered.pop(name, None) is None:
             return False
+        self._int_ids.pop(name, None)
         self._loading.pop(name, None)
         if name not in in_use:
             self._resident.pop(name, None)

@@ -15,13 +15,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from epp.sim.chat_template import render_chat
 from epp.sim.errors import BadRequest
 from epp.sim.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from epp.tokenization import PromptTokenizer
 
 __all__ = ["ParsedRequest", "RequestKind", "load_json", "parse_request"]
 
@@ -68,7 +71,23 @@ def load_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _prompt_ids(body: dict[str, Any], kind: RequestKind, tokenizer: Tokenizer) -> list[int]:
+def _real_prompt_ids(body: dict[str, Any], kind: RequestKind, real: PromptTokenizer) -> list[int]:
+    """Token ids from ``--tokenizer``, through the function the picker uses too."""
+    from epp.tokenization import CHAT_COMPLETIONS, COMPLETIONS, TokenizationError
+
+    field = "messages" if kind is RequestKind.CHAT else "prompt"
+    if field not in body:
+        raise BadRequest(f"Field required: {field}", param=field)
+    try:
+        return real.encode_request(CHAT_COMPLETIONS if kind is RequestKind.CHAT else COMPLETIONS, body)
+    except TokenizationError as exc:
+        raise BadRequest(str(exc), param=field) from exc
+
+
+def _prompt_ids(body: dict[str, Any], kind: RequestKind, tokenizer: Tokenizer,
+                real: PromptTokenizer | None = None) -> list[int]:
+    if real is not None:
+        return _real_prompt_ids(body, kind, real)
     if kind is RequestKind.CHAT:
         if "messages" not in body:
             raise BadRequest("Field required: messages", param="messages")
@@ -126,8 +145,9 @@ def _max_tokens(body: dict[str, Any], kind: RequestKind, prompt_len: int, max_mo
 
 
 def parse_request(raw: bytes, kind: RequestKind, *, tokenizer: Tokenizer, resolve: ModelResolver,
-                  max_model_len: int, default_max_tokens: int, default_model: str) -> ParsedRequest:
-    """Validate an OpenAI body and tokenize its prompt.
+                  max_model_len: int, default_max_tokens: int, default_model: str,
+                  prompt_tokenizer: PromptTokenizer | None = None) -> ParsedRequest:
+    """Validate an OpenAI body and tokenize its prompt (with ``prompt_tokenizer`` when given).
 
     Raises:
         BadRequest: malformed body or a prompt that does not fit (400).
@@ -152,7 +172,7 @@ def parse_request(raw: bytes, kind: RequestKind, *, tokenizer: Tokenizer, resolv
     if salt is not None and not isinstance(salt, str):
         raise BadRequest("cache_salt must be a string", param="cache_salt")
 
-    prompt_ids = _prompt_ids(body, kind, tokenizer)
+    prompt_ids = _prompt_ids(body, kind, tokenizer, prompt_tokenizer)
     if len(prompt_ids) >= max_model_len:
         raise BadRequest(
             f"This model's maximum context length is {max_model_len} tokens. However, your request has "

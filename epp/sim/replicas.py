@@ -5,6 +5,10 @@ test harnesses wait for these lines::
 
     epp-sim ready http://127.0.0.1:8001 model=meta-llama/Llama-3.1-8B-Instruct engine=vllm
 
+A replica that publishes KV events prints, just before its readiness line::
+
+    epp-sim kv-events http://127.0.0.1:8001 pub=tcp://127.0.0.1:5557 replay=tcp://127.0.0.1:5567
+
 SIGINT and SIGTERM stop every replica cleanly; the function then returns 0.
 """
 
@@ -57,6 +61,9 @@ async def serve_replicas(configs: Sequence[SimConfig], *, out: TextIO | None = N
             server = SimServer(config)
             await server.start()
             servers.append(server)
+            if server.kv_events_endpoint is not None:
+                out.write(f"epp-sim kv-events {server.url} pub={server.kv_events_endpoint} "
+                          f"replay={server.kv_replay_endpoint or '-'}\n")
             out.write(readiness_line(server) + "\n")
             out.flush()
         await stop.wait()

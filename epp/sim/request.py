@@ -54,6 +54,7 @@ class SimRequest:
     first_token: float | None = None
     last_token: float | None = None
     finished_at: float | None = None
+    lora_id: int | None = None  # the adapter's integer id, reported in KV events
     _waiter: asyncio.Future[None] | None = None
     _read: int = 0
 

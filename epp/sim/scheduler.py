@@ -167,9 +167,26 @@ class Scheduler:
         if after > before and self.kv.caching:
             hashes = req.full_block_hashes(size)
             blocks = req.blocks
+            stored: list[int] = []
             for i in range(before, min(after, len(hashes))):
                 if blocks[i] == -1 and self.kv.promote(hashes[i]):
                     blocks[i] = hashes[i]
+                    stored.append(i)
+            if stored and self.kv.events is not None:
+                self._report_stored(req, stored, hashes)
+
+    def _report_stored(self, req: SimRequest, stored: list[int], hashes: list[int]) -> None:
+        """One ``BlockStored`` per run of consecutive newly cached blocks, as vLLM reports them."""
+        log, size = self.kv.events, self.kv.block_size
+        assert log is not None
+        start = prev = stored[0]
+        for i in [*stored[1:], -1]:
+            if i == prev + 1:
+                prev = i
+                continue
+            log.stored(hashes[start:prev + 1], hashes[start - 1] if start else None,
+                       req.token_ids[start * size:(prev + 1) * size], req.lora_id, req.lora)
+            start = prev = i
 
     def finish(self, req: SimRequest) -> None:
         """Release a request that ended (finished or aborted), wherever it is."""

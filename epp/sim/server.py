@@ -12,8 +12,14 @@ Resource handling: ``start`` creates the engine task and the listener; ``stop`` 
 task, aborts every request and closes the listener and connections. Several servers can run
 in one loop, each with its own state; that is how ``--replicas`` works.
 
-Error handling: ``start`` raises ``OSError`` if the address is taken, and ``ConfigError`` if a
-custom gauge has the name of a metric the page already has.
+KV events (``config.kv_events``): ``start`` opens the replica's ZeroMQ publisher once the HTTP
+port is known (the topic may name it) and ``stop`` flushes and closes it; ``kv_events_endpoint``
+is the PUB address actually bound. With ``config.tokenizer_path`` prompts are tokenized by
+``epp.tokenization.PromptTokenizer``, the picker's function, so both sides agree on token ids.
+
+Error handling: ``start`` raises ``OSError`` if the address (HTTP or ZeroMQ) is taken, and
+``ConfigError`` if a custom gauge has the name of a metric the page already has or the
+tokenizer file cannot be loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,12 +38,16 @@ from epp.sim.api.control import ControlRoutes
 from epp.sim.api.inference import InferenceRoutes
 from epp.sim.api.info import InfoRoutes
 from epp.sim.api.middleware import make_middleware
-from epp.sim.config import SimConfig
+from epp.sim.config import ConfigError, SimConfig
 from epp.sim.engine import Engine
 from epp.sim.faults import FaultMode
+from epp.sim.kv_publisher import KVEventPublisher
 from epp.sim.metrics.custom import CustomGauges, family_names
 from epp.sim.stats import SimStats
 from epp.sim.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from epp.tokenization import PromptTokenizer
 
 __all__ = ["SimServer"]
 
@@ -60,6 +72,7 @@ class SimServer:
         self._site: web.SockSite | None = None
         self._closing: asyncio.Task[None] | None = None
         self._port = config.port
+        self._publisher: KVEventPublisher | None = None
 
     # --- properties --------------------------------------------------------------------------
     @property
@@ -84,6 +97,15 @@ class SimServer:
     def fault(self) -> FaultMode:
         return self._context().fault.mode
 
+    @property
+    def kv_events_endpoint(self) -> str | None:
+        """The PUB endpoint (bound address, or the one connected to); None without events."""
+        return self._publisher.endpoint if self._publisher is not None else None
+
+    @property
+    def kv_replay_endpoint(self) -> str | None:
+        return self._publisher.replay_endpoint if self._publisher is not None else None
+
     def stats(self) -> SimStats:
         """A frozen snapshot of the replica's counters and gauges."""
         ctx = self._context()
@@ -95,15 +117,18 @@ class SimServer:
         if self._ctx is not None:
             raise RuntimeError("SimServer already started")
         engine = Engine(self.config, self._tokenizer)
+        prompt_tokenizer = _load_prompt_tokenizer(self.config.tokenizer_path)
         # Built before the engine runs so that a name clash fails start, not a later scrape.
         custom = CustomGauges(self.config.model_name, self.config.custom_gauges,
                               reserved=family_names(engine.metrics.render().decode()))
-        self._ctx = ReplicaContext(config=self.config, engine=engine, tokenizer=self._tokenizer, custom=custom)
+        self._ctx = ReplicaContext(config=self.config, engine=engine, tokenizer=self._tokenizer, custom=custom,
+                                   prompt_tokenizer=prompt_tokenizer)
         name = f"epp-sim-engine-{self.config.replica_index}"
         self._engine_task = asyncio.create_task(engine.run(), name=name)
         self._engine_task.add_done_callback(self._engine_stopped)
         try:
             await self._listen()
+            self._open_publisher(engine)
         except BaseException:
             await self.stop()
             raise
@@ -124,6 +149,9 @@ class SimServer:
         if self._ctx is not None:
             self._ctx.fault.set(FaultMode.OK)  # release hung handlers so they can finish
             self._abort_all()
+        if self._publisher is not None:
+            publisher, self._publisher = self._publisher, None
+            await asyncio.to_thread(publisher.close)
 
     async def set_fault(self, mode: FaultMode, *, defer_close: bool = False) -> None:
         """Switch the fault mode (see ``faults.py``); ``ok`` after ``down`` listens again."""
@@ -186,6 +214,15 @@ class SimServer:
         await site.start()
         self._runner, self._site = runner, site
 
+    def _open_publisher(self, engine: Engine) -> None:
+        settings = self.config.kv_events
+        if settings is None or not settings.active:
+            return
+        mine = settings.for_replica(self.config.replica_index, host=self.config.host, port=self._port,
+                                    model=self.config.model_name)
+        self._publisher = KVEventPublisher(mine)
+        engine.publish_kv_events(self._publisher)
+
     def _engine_stopped(self, task: asyncio.Task[None]) -> None:
         """A crashed engine must not leave clients waiting forever: log and abort everything."""
         if task.cancelled() or task.exception() is None:
@@ -207,3 +244,15 @@ class SimServer:
         engine = self._context().engine
         for req in [*engine.scheduler.running, *engine.scheduler.waiting]:
             engine.abort(req)
+
+
+def _load_prompt_tokenizer(path: str | None) -> PromptTokenizer | None:
+    """``--tokenizer``: the picker's tokenizer, loaded once per replica."""
+    if path is None:
+        return None
+    from epp.tokenization import PromptTokenizer
+
+    try:
+        return PromptTokenizer.from_file(Path(path))
+    except Exception as exc:  # the tokenizers library raises plain Exception for a bad file
+        raise ConfigError("tokenizer", f"cannot load a tokenizer.json: {exc}", path) from exc

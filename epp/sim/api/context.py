@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from epp.sim.config import SimConfig
 from epp.sim.engine import Engine
@@ -11,6 +12,9 @@ from epp.sim.errors import NotFound
 from epp.sim.faults import FaultState
 from epp.sim.metrics.custom import CustomGauges
 from epp.sim.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from epp.tokenization import PromptTokenizer
 
 __all__ = ["ReplicaContext"]
 
@@ -26,6 +30,7 @@ class ReplicaContext:
     fault: FaultState = field(default_factory=FaultState)
     created: int = field(default_factory=lambda: int(time.time()))  # model cards' "created"
     failed: int = 0  # requests answered with an injected error
+    prompt_tokenizer: PromptTokenizer | None = None  # --tokenizer: replaces ``tokenizer`` for prompts
 
     def resolve_model(self, name: str | None) -> str | None:
         """The LoRA adapter a ``model`` field names (None: the base model).

@@ -8,6 +8,10 @@ vLLM routes:
 * ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: 200 ``Success: LoRA adapter '<name>'
   removed successfully.``; 404 if unknown. New requests for it get 404; running ones finish.
 
+* ``POST /reset_prefix_cache``: drop every cached block no request holds (vLLM's dev-mode
+  route); 200 with an empty body. With KV events on, it publishes ``AllBlocksCleared`` (or
+  ``BlockRemoved`` for the dropped blocks while some cached blocks are still in use).
+
 Simulator routes (not in vLLM):
 
 * ``POST /sim/fault`` ``{"mode": "ok" | "hang" | "error" | "down"}``: switch the fault mode
@@ -57,12 +61,17 @@ class ControlRoutes:
         return [
             web.post("/v1/load_lora_adapter", self.load_lora),
             web.post("/v1/unload_lora_adapter", self.unload_lora),
+            web.post("/reset_prefix_cache", self.reset_prefix_cache),
             web.post("/sim/fault", self.post_fault),
             web.get("/sim/fault", self.get_fault),
             web.get("/sim/stats", self.stats),
             web.post("/sim/gauge", self.post_gauge),
             web.get("/sim/gauge", self.get_gauges),
         ]
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        self._ctx.engine.reset_prefix_cache()
+        return web.Response(status=200)
 
     async def load_lora(self, request: web.Request) -> web.Response:
         body = load_json(await request.read())

@@ -54,7 +54,7 @@ class InferenceRoutes:
         config = ctx.config
         return parse_request(raw, kind, tokenizer=ctx.tokenizer, resolve=ctx.resolve_model,
                              max_model_len=config.max_model_len, default_max_tokens=config.default_max_tokens,
-                             default_model=config.model_name)
+                             default_model=config.model_name, prompt_tokenizer=ctx.prompt_tokenizer)
 
     async def _handle(self, request: web.Request, kind: RequestKind) -> web.StreamResponse:
         ctx = self._ctx

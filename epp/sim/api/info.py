@@ -105,6 +105,8 @@ class InfoRoutes:
         body = load_json(await request.read())
         ctx.resolve_model(body.get("model"))
         tokenizer = ctx.tokenizer
+        if ctx.prompt_tokenizer is not None:
+            return self._tokenize_real(body)
         if "messages" in body:
             add_gen = bool(body.get("add_generation_prompt", True))
             text = render_chat(body["messages"], add_generation_prompt=add_gen)
@@ -120,6 +122,23 @@ class InfoRoutes:
             strs = (["<|begin_of_text|>"] if add_bos else []) + tokenizer.pieces(text)
         return _json({"count": len(tokens), "max_model_len": ctx.config.max_model_len, "tokens": tokens,
                       "token_strs": strs})
+
+    def _tokenize_real(self, body: dict[str, Any]) -> web.Response:
+        """``/tokenize`` with ``--tokenizer``: the ids completions and chat would compute."""
+        from epp.tokenization import CHAT_COMPLETIONS, COMPLETIONS, TokenizationError
+
+        ctx = self._ctx
+        real = ctx.prompt_tokenizer
+        assert real is not None
+        api = CHAT_COMPLETIONS if "messages" in body else COMPLETIONS
+        if api == COMPLETIONS and not isinstance(body.get("prompt"), str):
+            raise BadRequest("Either prompt (a string) or messages is required", param="prompt")
+        try:
+            tokens = real.encode_request(api, body)
+        except TokenizationError as exc:
+            raise BadRequest(str(exc), param="messages" if api == CHAT_COMPLETIONS else "prompt") from exc
+        return _json({"count": len(tokens), "max_model_len": ctx.config.max_model_len, "tokens": tokens,
+                      "token_strs": None})
 
     async def render_completion(self, request: web.Request) -> web.Response:
         parsed = self._inference.parse(await request.read(), RequestKind.COMPLETION)
