@@ -1,4 +1,4 @@
-"""Rendering the project's Envoy bootstrap (``config/envoy.yaml``) with other ports.
+"""Rendering the project's Envoy bootstraps (``config/envoy.yaml``, ``config/envoy-fast.yaml``) with other ports.
 
 The checked-in bootstrap listens on 127.0.0.1:8081 and calls the picker at 9002; tests
 and benchmarks run several stacks side by side, so they render the same file with free
@@ -21,6 +21,7 @@ __all__ = [
     "SERVED_ENDPOINT_HEADER",
     "TEST_REQUEST_HEADERS",
     "envoy_binary",
+    "fast_bootstrap_path",
     "render_bootstrap",
     "repo_bootstrap_path",
 ]
@@ -46,9 +47,18 @@ _EARLY_MUTATION_TYPE = ("type.googleapis.com/"
                         "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation")
 
 
-def repo_bootstrap_path() -> Path:
-    """``config/envoy.yaml`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "config" / "envoy.yaml"
+def repo_bootstrap_path(fast: bool = False) -> Path:
+    """``config/envoy.yaml`` of the source checkout this package runs from.
+
+    ``fast``: ``config/envoy-fast.yaml`` instead, the recommended config, whose responses
+    reach the picker on an observe-only stream the client never waits for.
+    """
+    return Path(__file__).resolve().parents[2] / "config" / ("envoy-fast.yaml" if fast else "envoy.yaml")
+
+
+def fast_bootstrap_path() -> Path:
+    """``config/envoy-fast.yaml`` of the source checkout (``repo_bootstrap_path(fast=True)``)."""
+    return repo_bootstrap_path(fast=True)
 
 
 def envoy_binary() -> str:
@@ -82,10 +92,11 @@ def render_bootstrap(
     ``strip_headers``: request headers removed before any filter (``[]`` strips nothing;
     ``None`` keeps the template's list). ``report_served_endpoint``: Envoy adds the
     served ``ip:port`` as response header ``x-gateway-destination-endpoint-served`` (what
-    destination-endpoint-served-verifier reads). ``failure_mode_allow``: the ext_proc
-    fail-open switch. ``fallback_endpoints``: ``ip:port`` list that requests without a
-    destination (the picker down, fail-open) go to, round robin, as a gateway falls back
-    to its InferencePool's Service; without it such requests have nowhere to go.
+    destination-endpoint-served-verifier reads). ``failure_mode_allow``: the (routing)
+    ext_proc filter's fail-open switch; the fast config's observe filter always fails open.
+    ``fallback_endpoints``: ``ip:port`` list that requests without a destination (the
+    picker down, fail-open) go to, round robin, as a gateway falls back to its
+    InferencePool's Service; without it such requests have nowhere to go.
     ``extproc_tls``: call the picker over TLS (``epp serve --secure-serving``); the
     picker's certificate is verified against ``extproc_tls_ca`` when given, else accepted
     as is (the self-signed certificate the picker generates cannot be verified).

@@ -135,6 +135,7 @@ def build_admin_app(
     config: PickerConfig | None = None,
     config_text: str | None = None,
     options: Mapping[str, Any] | None = None,
+    endpoint_details: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The admin server. ``pages``: more JSON snapshots, served at ``/debug/<name>``.
 
@@ -176,6 +177,7 @@ def build_admin_app(
                            for key, c in sorted(ep.custom.items())},
                 "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error} if h else None,
                 "passiveHealth": outlier_view(ep, now),
+                **(endpoint_details(ep.name) if endpoint_details is not None else {}),
             })
         return json_response({"pool": pool.name, "endpoints": out})
 

@@ -315,6 +315,7 @@ class PickerServer:
             "endpoints": len(endpoints),
             "ejectedEndpoints": sum(ep.ejected(now) for ep in endpoints),
             "requestBodyBytesHeld": self._extproc.budget.held if self._extproc is not None else 0,
+            "observedRequests": len(self._extproc.observed) if self._extproc is not None else 0,
             "metrics": self.metrics.debug_sizes(),
             "flowControl": {"queuedRequests": self.flow_controller.queued_requests,
                             "queuedBytes": self.flow_controller.queued_bytes} if self.flow_controller else None,
@@ -323,6 +324,16 @@ class PickerServer:
             "decisionLog": self.decisions.debug_sizes(),
             "plugins": {str(p.typed_name): p.debug_sizes() for p in plugins if hasattr(p, "debug_sizes")},
         }
+
+    def endpoint_details(self, name: str) -> dict[str, Any]:
+        """Per-endpoint state plugins keep (``/debug/endpoints``): e.g. ``kvEvents`` of the precise prefix scorer."""
+        plugins = self.config.plugins.values() if self.config is not None else ()
+        details: dict[str, Any] = {}
+        for plugin in plugins:
+            stats = getattr(plugin, "endpoint_stats", None)
+            if callable(stats):
+                details["kvEvents"] = stats(name)
+        return details
 
     def _predictors(self) -> list[PredictedLatencyProducer]:
         plugins = self.config.plugins.values() if self.config is not None else ()
@@ -398,7 +409,7 @@ class PickerServer:
                               self._admin_token, self.debug_state,
                               {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state},
                               settings=self._admin_settings, config=self.config, config_text=self._config_source,
-                              options=dataclasses.asdict(opts))
+                              options=dataclasses.asdict(opts), endpoint_details=self.endpoint_details)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)

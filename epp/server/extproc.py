@@ -15,6 +15,17 @@ Response bodies pass through chunk by chunk as they arrive, SSE included. A resp
 is rewritten (the model name given back to the client) only in FULL_DUPLEX_STREAMED and
 BUFFERED response modes, where its length may change.
 
+The fast Envoy config (config/envoy-fast.yaml) takes the response off the client's path.
+Its routing filter says so with the gRPC metadata ``x-epp-response-path: observed`` and
+allows mode overrides; the picker then answers the destination with a ``mode_override``
+that sends nothing of the response to the routing stream, ends that stream, and parks the
+request in ``ObservedRequests``. A second ext_proc filter in ``observability_mode`` sends
+the response headers, chunks and trailers on their own stream without waiting for
+answers; that stream (``observability_mode`` set on its messages) claims the request by
+its ``x-request-id`` and runs the same director hooks. A request whose response body is
+rewritten (the model name given back) stays on the routing stream, as in the standard
+config.
+
 Failure handling: a ``PickerError`` becomes an ImmediateResponse and ends the stream; any
 other exception becomes a 500 and a log line. When the stream ends for any reason
 (Envoy reset, client gone) the director's ``finish`` runs, so plugins release state.
@@ -34,10 +45,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp.director import Director
 from epp.errors import InternalError, PayloadTooLarge, PickerError, ResourceExhausted
 from epp.hookerrors import ThrottledLog
-from epp.request_context import RequestContext
+from epp.request_context import ObservedRequests, RequestContext
 from epp.server import messages
 
-__all__ = ["CONTROL_HEADERS", "BodyBudget", "ExtProcServicer", "SUBSET_KEY", "SUBSET_NAMESPACE"]
+__all__ = ["CONTROL_HEADERS", "BodyBudget", "ExtProcServicer", "RESPONSE_PATH_METADATA", "SUBSET_KEY",
+           "SUBSET_NAMESPACE"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,13 @@ _REQUEST_MODES = (_FULL_DUPLEX, _BUFFERED)
 MAX_REQUEST_ID_LENGTH = 128
 _FAILURES = ThrottledLog(log)
 _MAX_SERVED_LENGTH = 256  # an ip:port list, from the gateway; bounded all the same
+# gRPC metadata the fast config's routing filter sends (grpc_service.initial_metadata): the
+# response is observed on a second stream, and the filter takes a mode override.
+RESPONSE_PATH_METADATA = ("x-epp-response-path", "observed")
+# How long an observation stream waits for its request to be parked. From one Envoy it is
+# always parked first (Envoy opens the observation after it has the destination); an id
+# that is never parked (routed by another picker replica) is ignored after this wait.
+OBSERVATION_GRACE_SECONDS = 1.0
 
 
 class ProtocolError(InternalError):
@@ -153,10 +172,14 @@ class _Stream:
 
     __slots__ = ("director", "max_body", "budget", "request_mode", "response_mode", "headers", "chunks",
                  "body_size", "ctx", "subset", "generated_id", "decided", "pending", "responded",
-                 "abandoned", "exchange_done")
+                 "abandoned", "exchange_done", "observed", "handed_off")
 
-    def __init__(self, director: Director, max_body: int, budget: BodyBudget) -> None:
+    def __init__(self, director: Director, max_body: int, budget: BodyBudget,
+                 observed: ObservedRequests | None = None) -> None:
         self.director = director
+        # Set with the fast config: routed requests are handed to the observation stream.
+        self.observed = observed
+        self.handed_off = False
         self.max_body = max_body
         self.budget = budget
         self.request_mode: int = _FULL_DUPLEX
@@ -248,7 +271,7 @@ class _Stream:
             endpoint = self.director.random_endpoint(self.subset)
             self.decided = True
             return [messages.request_headers_response([endpoint.hostport], self._extra_headers(None),
-                                                      self._control_headers())]
+                                                      self._control_headers(), self._hand_off())]
         if self.request_mode not in _REQUEST_MODES:
             name = modes.ProcessingMode.BodySendMode.Name(self.request_mode)
             raise InternalError(f"ext_proc request_body_mode {name} cannot carry a destination; "
@@ -301,11 +324,33 @@ class _Stream:
                                                             self._control_headers(), decision.body)]
         forward = decision.body if decision.body is not None else body
         extra = self._extra_headers(forward)
-        responses = [messages.request_headers_response(decision.destinations, extra, self._control_headers()),
+        override = self._hand_off()
+        responses = [messages.request_headers_response(decision.destinations, extra, self._control_headers(),
+                                                       override),
                      *messages.streamed_body(forward, end_of_stream=not trailers, request=True)]
         if trailers:
             responses.append(messages.trailers_response(request=True))
         return responses
+
+    def _hand_off(self) -> modes.ProcessingMode | None:
+        """With the fast config: the mode override that moves the response to the observation stream.
+
+        Called when the destination is ready, before it is sent: the request is parked
+        before Envoy can open the observation stream. The routing stream then ends (no
+        response comes on it), so a picker that dies later cannot cut the response.
+        """
+        observed, ctx = self.observed, self.ctx
+        if observed is None or ctx is None:
+            return None
+        if ctx.restorer is not None or self.request_mode != _FULL_DUPLEX:
+            # The body must be rewritten on its way out (or, in BUFFERED mode, Envoy takes no
+            # override after the headers): this response stays on the routing stream.
+            observed.passed(ctx.request_id)
+            return None
+        observed.add(ctx)
+        self.handed_off = True
+        self.exchange_done = True
+        return messages.RESPONSE_OBSERVED
 
     def release_body(self) -> None:
         """Give the body's bytes back to the budget (routed, refused or stream gone)."""
@@ -337,10 +382,55 @@ class _Stream:
         return [messages.continue_response_body(forward if forward is not chunk else None)]
 
 
+class _Observation:
+    """One observe-only stream (the fast config): the response of a request routed on another stream.
+
+    Envoy never waits for an answer here, so none is sent. Chunks pass to the director
+    unchanged (``rewrite=False``): a response that needs rewriting stays on its routing stream.
+    """
+
+    __slots__ = ("director", "ctx", "done")
+
+    def __init__(self, director: Director) -> None:
+        self.director = director
+        self.ctx: RequestContext | None = None
+        self.done = False
+
+    def handle(self, request: pb.ProcessingRequest) -> None:
+        ctx = self.ctx
+        if ctx is None or ctx.finished:  # not ours, or released already (its TTL passed)
+            return
+        kind = request.WhichOneof("request")
+        if kind == "response_body":
+            body = request.response_body
+            self.director.response_chunk(ctx, body.body, body.end_of_stream, rewrite=False)
+            self.done = body.end_of_stream
+        elif kind == "response_headers":
+            message = request.response_headers
+            headers = _headers(message)
+            served = _served_endpoint(request)
+            if served:
+                headers.setdefault(SERVED_KEY, served)
+            self.director.response_headers(ctx, headers)
+            if message.end_of_stream:
+                self.director.finish(ctx, completed=True)
+                self.done = True
+        elif kind == "response_trailers":
+            self.director.response_trailers(ctx)
+            self.done = True
+
+
+def _observes_responses(context: grpc.aio.ServicerContext) -> bool:
+    key, value = RESPONSE_PATH_METADATA
+    return any(k == key and v == value for k, v in context.invocation_metadata() or ())
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated gRPC base: no types
     def __init__(self, director: Director, max_request_body: int = 64 * 1024 * 1024,
-                 max_inflight_body_bytes: int = 1024 * 1024 * 1024) -> None:
+                 max_inflight_body_bytes: int = 1024 * 1024 * 1024, observed: ObservedRequests | None = None) -> None:
         self.director = director
+        # Requests routed with the fast config, waiting for their observation stream.
+        self.observed = observed if observed is not None else ObservedRequests(director.finish)
         self.max_request_body = max_request_body
         metrics = director.metrics
         refused = (lambda reason: metrics.request_body_refused.labels(reason).inc()) if metrics else (lambda _: None)
@@ -349,10 +439,14 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        stream = _Stream(self.director, self.max_request_body, self.budget)
+        stream = _Stream(self.director, self.max_request_body, self.budget,
+                         self.observed if _observes_responses(context) else None)
         error: PickerError | None = None
         try:
             async for request in request_iterator:
+                if stream.ctx is None and request.observability_mode:
+                    await self._observe(request, request_iterator)
+                    return
                 try:
                     responses = stream.handle(request)
                     if stream.pending:
@@ -377,5 +471,26 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
                     return
         finally:
             stream.release_body()
-            if stream.ctx is not None:
+            if stream.ctx is not None and not stream.handed_off:
                 self.director.finish(stream.ctx, error=error)
+
+    async def _observe(self, first: pb.ProcessingRequest, requests: AsyncIterator[pb.ProcessingRequest]) -> None:
+        """An observation stream: claim the request by id, then follow its response to the end."""
+        observation = _Observation(self.director)
+        try:
+            if first.WhichOneof("request") == "request_headers":
+                request_id = _request_id(_headers(first.request_headers))
+                if request_id is not None:
+                    observation.ctx = await self.observed.claim_waiting(request_id, OBSERVATION_GRACE_SECONDS)
+            if observation.ctx is None:
+                return  # nothing to follow: ending the call lets Envoy drop what it would send
+            async for request in requests:
+                observation.handle(request)
+                if observation.done:
+                    return  # finished with OK: nothing left for Envoy to reset (grpc/grpc#43360)
+        except Exception as exc:  # noqa: BLE001 - an observation must never take the server down
+            _FAILURES.exception(type(exc).__name__, "response observation failed")
+        finally:
+            if observation.ctx is not None:
+                # The stream ended before the response did: the client left or Envoy gave up.
+                self.director.finish(observation.ctx)

@@ -11,7 +11,10 @@ The GIE endpoint-picker protocol, reduced to message shapes:
   list in both);
 - bodies in FULL_DUPLEX_STREAMED mode go back as ``streamed_response`` chunks of at most
   62,000 bytes (the Go EPP's limit), ``end_of_stream`` on the last;
-- errors are an ``ImmediateResponse`` with the HTTP status and a plain-text body.
+- errors are an ``ImmediateResponse`` with the HTTP status and a plain-text body;
+- with the fast Envoy config the destination also carries a ``mode_override`` that turns
+  the response off on the routing stream (``RESPONSE_OBSERVED``): Envoy then reports the
+  response on its observe-only stream and never waits for the picker on it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.errors import PickerError
@@ -27,6 +31,7 @@ __all__ = [
     "BODY_CHUNK_LIMIT",
     "DESTINATION_HEADER",
     "DESTINATION_NAMESPACE",
+    "RESPONSE_OBSERVED",
     "buffered_request_body_response",
     "continue_request_headers",
     "continue_response_body",
@@ -41,6 +46,12 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DESTINATION_NAMESPACE = "envoy.lb"
 BODY_CHUNK_LIMIT = 62_000
 _OVERWRITE = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_Mode = modes.ProcessingMode
+# The request is complete when the picker answers, so only what follows matters: nothing of
+# the response goes to the routing stream.
+RESPONSE_OBSERVED = _Mode(request_header_mode=_Mode.SEND, request_body_mode=_Mode.NONE,
+                          request_trailer_mode=_Mode.SKIP, response_header_mode=_Mode.SKIP,
+                          response_body_mode=_Mode.NONE, response_trailer_mode=_Mode.SKIP)
 
 
 # Messages are built by setting fields along attribute paths: with upb this measured about
@@ -65,9 +76,12 @@ def _fill_destination(response: pb.ProcessingResponse, common: pb.CommonResponse
 
 
 def request_headers_response(destinations: Sequence[str], set_headers: list[tuple[str, str]],
-                             remove: Iterable[str]) -> pb.ProcessingResponse:
+                             remove: Iterable[str], mode_override: modes.ProcessingMode | None = None
+                             ) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     _fill_destination(response, response.request_headers.response, destinations, set_headers, remove)
+    if mode_override is not None:
+        response.mode_override.CopyFrom(mode_override)
     return response
 
 
