@@ -20,6 +20,7 @@ from epp.plugins.datalayer.prometheus_metric import PrometheusMetricExtractor
 from epp.plugins.filters.header_testing import HeaderBasedTestingFilter
 from epp.plugins.filters.load_imbalance import LoadImbalanceFilter
 from epp.plugins.inflight.producer import INFLIGHT_LOAD_KEY, InFlightLoadProducer
+from epp.plugins.kvcache.scorer import PrecisePrefixCacheScorer
 from epp.plugins.parsers.openai import OpenAIParser
 from epp.plugins.pickers.max_score import MaxScorePicker
 from epp.plugins.pickers.random_picker import RandomPicker
@@ -55,6 +56,7 @@ def default_registry() -> Registry:
         RunningRequestsSizeScorer,
         LoraAffinityScorer,
         PrefixCacheScorer,
+        PrecisePrefixCacheScorer,
         TokenLoadScorer,
         PrefillLoadScorer,
         MetricScorer,

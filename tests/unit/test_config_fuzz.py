@@ -35,7 +35,7 @@ from epp.plugins import default_registry
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 CONFIGS = {p.name: yaml.safe_load(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.yaml"))
-           if p.name not in {"envoy.yaml", "objectives.yaml"}}  # not EndpointPickerConfigs
+           if "kind: EndpointPickerConfig" in p.read_text()}  # not Envoy bootstraps or InferenceObjectives
 # One more starting point with parameters and every section, so mutations reach plugin parameter decoding.
 CONFIGS["with-parameters"] = yaml.safe_load("""\
 apiVersion: inference.networking.x-k8s.io/v1alpha1

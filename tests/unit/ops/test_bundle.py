@@ -39,7 +39,7 @@ from epp.ops.bundle import (
 )
 
 REPO = Path(__file__).resolve().parents[3]
-SHIPPED_CONFIGS = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name not in {"envoy.yaml", "objectives.yaml"})
+SHIPPED_CONFIGS = sorted(p for p in (REPO / "config").glob("*.yaml") if "kind: EndpointPickerConfig" in p.read_text())
 DEFAULT_CONFIG = REPO / "config" / "default.yaml"
 K8S_VERSION = kubernetes_validate.latest_version()
 CRD_KINDS = {"InferencePool", "HTTPRoute"}
