@@ -21,10 +21,12 @@ import pytest
 import zmq
 import zmq.asyncio
 from sim_http_helpers import post_json
+from tokenizers import Tokenizer as HFTokenizer
 
 from epp.sim import SimConfig, SimServer
 from epp.sim.kv_events_config import KVEventsSettings
 from epp.sim.tokenizer import Tokenizer
+from epp.testing.tokenizers import write_tiny_tokenizer
 from epp.tokenization import PromptTokenizer
 
 BLOCK = 16
@@ -269,16 +271,9 @@ async def test_config_endpoint_with_a_host_connects_to_a_bound_subscriber_with_t
 
 async def test_a_tokenizer_trained_here_gives_the_token_ids_seen_in_block_stored(
         tmp_path: Path, zctx: zmq.asyncio.Context, http: aiohttp.ClientSession) -> None:
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
-
     sentences = ["the cat sat on the mat", "a dog ran in the park", "the sun is warm today",
                  "birds sing in the tall green trees"]
-    tok = HFTokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
-    path = tmp_path / "tokenizer.json"
-    tok.save(str(path))
+    path = write_tiny_tokenizer(tmp_path, corpus=sentences, special_tokens=(), bos_token=None, chat_template=None)
 
     server = await _server(_free_ports(1), tokenizer_path=str(path), max_model_len=1024)
     try:
@@ -300,7 +295,8 @@ async def test_a_tokenizer_trained_here_gives_the_token_ids_seen_in_block_stored
     completion_ids = real.encode_request("completions", {"prompt": prompt})
     chat_ids = real.encode_request("chat_completions", {"messages": messages})
     assert tokenized["tokens"] == completion_ids
-    assert max(completion_ids) < tok.get_vocab_size()  # ids of the tiny vocabulary, not pseudo-tokens
+    # ids of the tiny vocabulary, not pseudo-tokens
+    assert max(completion_ids) < HFTokenizer.from_file(str(path)).get_vocab_size()
     stored = [e for e in events if e[0] == "BlockStored"]
     assert len(stored) == 2
     assert stored[0][3] == completion_ids[:len(completion_ids) // BLOCK * BLOCK]

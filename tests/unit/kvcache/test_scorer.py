@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import ConfigError
@@ -20,6 +18,7 @@ from epp.framework.scheduling import CycleState, ScorerCategory
 from epp.plugins.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
 from epp.plugins.kvcache.scorer import PrecisePrefixCacheScorer, PrecisePrefixParams
 from epp.requests.types import ApiKind, InferenceRequest
+from epp.testing.tokenizers import write_tiny_tokenizer
 
 VOCAB = {"[UNK]": 0, "<s>": 1, "a": 2, "b": 3, "c": 4, "d": 5, "e": 6, "f": 7, "x": 8}
 PROMPT = "a b c d e f"  # <s> a b c d e f: 7 tokens, three full blocks of 2
@@ -28,13 +27,7 @@ TOKENS = (1, 2, 3, 4, 5, 6, 7)
 
 @pytest.fixture
 def tokenizer_file(tmp_path: Path) -> Path:
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["<s>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
-    return tmp_path / "tokenizer.json"
+    return write_tiny_tokenizer(tmp_path, vocab=VOCAB, special_tokens=["<s>"], chat_template=None)
 
 
 @pytest.fixture

@@ -6,31 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from epp.testing.tokenizers import CHAT_TEMPLATE, write_tiny_tokenizer
 from epp.tokenization import PromptTokenizer, TokenizationError, fallback_chat_text
 
 VOCAB = {"[UNK]": 0, "<s>": 1, "</s>": 2, "<|user|>": 3, "<|assistant|>": 4, "<|system|>": 5,
          "hello": 6, "world": 7, "be": 8, "brief": 9, "!": 10, ":": 11, "user": 12, "system": 13}
 SPECIALS = ["<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = CHAT_TEMPLATE
 
 
 def write_tokenizer(directory: Path, template: str | None = TEMPLATE) -> Path:
     """A word-level tokenizer with a known vocabulary, so expected ids can be written by hand."""
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(SPECIALS)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "tokenizer.json"
-    tok.save(str(path))
-    config: dict[str, object] = {"bos_token": {"content": "<s>"}, "eos_token": "</s>"}
-    if template is not None:
-        config["chat_template"] = template
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
+    return write_tiny_tokenizer(directory, vocab=VOCAB, special_tokens=SPECIALS, chat_template=template,
+                                config={"bos_token": {"content": "<s>"}, "eos_token": "</s>"})
 
 
 @pytest.fixture

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from epp.plugins.kvcache.tokenizer import TokenizerPool
+from epp.testing.tokenizers import write_tiny_tokenizer
 
 VOCAB = {"[UNK]": 0, "<s>": 1, "<|user|>": 2, "<|assistant|>": 3, "hello": 4, "world": 5, "again": 6}
 TEMPLATE = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}<|assistant|>"
@@ -19,14 +18,8 @@ CHAT = {"messages": [{"role": "user", "content": "hello world"}]}
 
 
 def write_tokenizer(directory: Path) -> Path:
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["<s>", "<|user|>", "<|assistant|>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "chat_template": TEMPLATE}))
-    return directory / "tokenizer.json"
+    return write_tiny_tokenizer(directory, vocab=VOCAB, special_tokens=["<s>", "<|user|>", "<|assistant|>"],
+                                chat_template=TEMPLATE)
 
 
 class TokenizeServer:
