@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench-autoscale: $(STAMP)
 ## SLO-aware routing vs the default profile: attainment, goodput, no-SLO p90 TTFT, predictor error and cost.
 bench-slo: $(STAMP)
 	$(BIN)/python -m benchmarks.slo.run
+
+## Precise vs approximate prefix routing: eviction-heavy and shared-prefix workloads (~3.5 min).
+bench-routing-precise: $(STAMP)
+	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise --seconds 15
 
 ## Flow control under 2x overload: high-priority p90 TTFT, low-priority shedding, per-workload fairness, queue CPU per request.
 bench-flowcontrol: $(STAMP)

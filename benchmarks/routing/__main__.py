@@ -8,7 +8,13 @@ requests spread over replicas; then ratios against round-robin measured in the s
 
 Routers (see routers.py): round-robin, envoy-least-request, envoy-random (Envoy alone),
 load-only (GIE queue + KV), gie-default (GIE's exact default), default (the built-in
-profile), default+lora.
+profile), default+lora, precise (precise-prefix-cache-scorer on the simulators' KV events;
+when it runs, every router's simulators tokenize with the same tiny tokenizer, see precise.py).
+For runs with ``precise`` the picker's CPU, RSS, KV events and blocks indexed are reported too.
+
+Eviction-heavy comparison (``make bench-routing-precise``):
+
+    python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise
 
     python -m benchmarks.routing [--workloads shared-prefix,no-prefix,lora,hot-prefix]
         [--routers round-robin,load-only,default] [--rate 16] [--seconds 30] [--replicas 4]
@@ -22,21 +28,31 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import Outcome, percentile, run_open_loop
 from benchmarks.overhead.__main__ import direct_bootstrap, start_envoy
+from benchmarks.routing.precise import KV_EVENT_ROUTERS, PickerProbe, precise_config, precise_sim_args, write_tokenizer
 from benchmarks.routing.routers import ENVOY_POLICIES, ROUTERS
 from benchmarks.routing.workloads import Workload, build
 from epp.devstack.processes import ManagedProcess, free_port
 from epp.devstack.stack import Stack
 
 
-def run_one(workload: Workload, router: str, replicas: int, rate: float, seconds: float, workdir: Path
-            ) -> list[Outcome]:
+def run_one(workload: Workload, router: str, replicas: int, rate: float, seconds: float, workdir: Path,
+            tokenizer: Path | None = None, before_stop: Callable[[Stack], None] | None = None) -> list[Outcome]:
     config = ROUTERS[router]
-    stack = Stack(workdir, replicas, sim_args=workload.sim_args, config_text=config or None,
+    sim_args: Sequence[str] = workload.sim_args
+    if tokenizer is not None:
+        sim_args = [*sim_args, "--tokenizer", str(tokenizer)]
+    if router in KV_EVENT_ROUTERS:
+        assert tokenizer is not None, "the precise router needs a tokenizer"
+        events = free_port()
+        config = precise_config(tokenizer, events)
+        sim_args = [*sim_args, *precise_sim_args(events)]
+    stack = Stack(workdir, replicas, sim_args=sim_args, config_text=config or None,
                   picker_args=["--log-level", "warning"])
     extra: list[ManagedProcess] = []
     try:
@@ -51,6 +67,8 @@ def run_one(workload: Workload, router: str, replicas: int, rate: float, seconds
             stack.start_envoy()
             url = stack.url
         outcomes, _ = asyncio.run(run_open_loop(url + workload.path, workload.requests, rate, seconds * 3))
+        if before_stop is not None:
+            before_stop(stack)
         return outcomes
     finally:
         for process in extra:
@@ -93,6 +111,26 @@ def print_table(name: str, description: str, results: dict[str, dict[str, Any]])
                       f" throughput {r['output_tokens_per_s'] / base['output_tokens_per_s']:5.2f}x")
 
 
+def print_precise(results: dict[str, dict[str, Any]]) -> None:
+    """The precise router against the approximate default of the same run, and what it cost the picker."""
+    for router, r in results.items():
+        if "picker" in r:
+            u = r["picker"]
+            print(f"{router:>14}: picker CPU {u['cpuSeconds']:6.2f}s, RSS {u['rssBytes'] / 2**20:6.1f} MiB, "
+                  f"KV events {u['kvEvents']}, blocks indexed {u['kvBlocks']}")
+    base, precise = results.get("default"), results.get("precise")
+    if not (base and precise and base["ttft_p90_ms"] and precise["ttft_p90_ms"]):
+        return
+    print(f"{'precise':>14}: p90 TTFT {precise['ttft_p90_ms'] / base['ttft_p90_ms']:5.2f}x the default's, throughput "
+          f"{precise['output_tokens_per_s'] / base['output_tokens_per_s']:5.2f}x, hit rate "
+          f"{precise['hit_rate']:.2f} vs {base['hit_rate']:.2f}")
+    bp, pp = base.get("picker"), precise.get("picker")
+    if bp and pp and pp["kvEvents"]:
+        extra = pp["cpuSeconds"] - bp["cpuSeconds"]
+        print(f"{'precise':>14}: extra picker CPU {extra:.2f}s = {extra / pp['kvEvents'] * 1e6:.1f} ms per 1,000 "
+              f"events (incl. tokenizing requests); extra RSS {(pp['rssBytes'] - bp['rssBytes']) / 2**20:.1f} MiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="shared-prefix,no-prefix,lora,hot-prefix")
@@ -104,16 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "replicas": args.replicas, "workloads": {}}
+    routers = args.routers.split(",")
+    shared = tempfile.TemporaryDirectory(prefix="epp-routing-tokenizer-")
+    tokenizer = write_tokenizer(Path(shared.name)) if KV_EVENT_ROUTERS & set(routers) else None
     for name in args.workloads.split(","):
         workload = build(name, args.rate, args.seconds, args.seed)
         results = {}
-        for router in args.routers.split(","):
+        for router in routers:
+            probe = PickerProbe()
             with tempfile.TemporaryDirectory(prefix=f"epp-routing-{name}-{router}-") as workdir:
-                outcomes = run_one(workload, router, args.replicas, args.rate, args.seconds, Path(workdir))
+                outcomes = run_one(workload, router, args.replicas, args.rate, args.seconds, Path(workdir),
+                                   tokenizer, probe)
             results[router] = summarize(outcomes, args.seconds)
+            if tokenizer is not None and probe.usage is not None:
+                results[router]["picker"] = probe.usage.as_dict()
             print(f"{name:>14} {router:>14}: done ({results[router]['requests']} requests)", flush=True)
         report["workloads"][name] = {"description": workload.description, "results": results}
         print_table(name, workload.description, results)
+        if tokenizer is not None:
+            print_precise(results)
+    shared.cleanup()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

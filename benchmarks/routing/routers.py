@@ -38,4 +38,7 @@ schedulingProfiles:
     "default": "",
     # The default plus LoRA affinity (config/lora.yaml).
     "default+lora": (_CONFIG / "lora.yaml").read_text(),
+    # The default with the precise prefix-cache scorer fed by KV events (config/precise-prefix.yaml;
+    # tokenizer and events socket filled in per run by precise.py).
+    "precise": (_CONFIG / "precise-prefix.yaml").read_text(),
 }

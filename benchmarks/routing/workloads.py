@@ -8,6 +8,9 @@ Lengths are in simulator tokens (about 4 characters each, see docs/simulator.md)
   the case where routing decides the hit rate.
 - ``hot-prefix``: the same, but one group carries ``hot_share`` of the traffic, more
   than one replica can serve: affinity must spill it over instead of queueing.
+- ``eviction-heavy``: as shared-prefix with 64 groups of 2k tokens, popularity skewed
+  (Zipf 0.8): the working set is 4x one replica's KV cache (and all of the cluster's), so
+  replicas evict constantly and where a prefix was sent says little about where it still is.
 - ``no-prefix``: every prompt unique; routing can only balance load.
 - ``lora``: short prompts spread over more LoRA adapters than a replica has slots.
 """
@@ -66,6 +69,20 @@ def shared_prefix(n: int, seed: int, groups: int = 16, prefix_tokens: int = 4000
     return requests
 
 
+def eviction_heavy(n: int, seed: int, groups: int = 64, prefix_tokens: int = 2000, skew: float = 0.8
+                   ) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    systems = [f"Customer {g} policy handbook. " + _text(random.Random(seed * 1000 + g), prefix_tokens)
+               for g in range(groups)]
+    weights = [1.0 / (g + 1) ** skew for g in range(groups)]
+    requests = []
+    for i in range(n):
+        group = rng.choices(range(groups), weights)[0]
+        question = f"Question {i}: " + _text(rng, 60)
+        requests.append((f"group-{group}", _chat(systems[group], question, 32)))
+    return requests
+
+
 def no_prefix(n: int, seed: int, prompt_tokens: int = 2500) -> list[tuple[str, bytes]]:
     rng = random.Random(seed)
     return [(f"unique-{i}", _chat(f"Request {i} {rng.random()}. " + _text(rng, prompt_tokens), "Summarise.", 32))
@@ -93,6 +110,9 @@ def build(name: str, rate: float, seconds: float, seed: int = 1) -> Workload:
         return Workload(name, shared_prefix(n, seed, hot_share=0.6), "/v1/chat/completions",
                         [*small_cache, "--max-num-seqs", "4"],
                         "as shared-prefix, 60% of requests in one group; 4 sequences per replica")
+    if name == "eviction-heavy":
+        return Workload(name, eviction_heavy(n, seed), "/v1/chat/completions", small_cache,
+                        "64 groups x 2k-token system prompt (Zipf 0.8), 4x one replica's KV cache; 32 output tokens")
     if name == "no-prefix":
         return Workload(name, no_prefix(n, seed), "/v1/chat/completions", small_cache,
                         "unique 2.5k-token prompts, 32 output tokens")
