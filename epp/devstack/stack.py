@@ -97,17 +97,26 @@ class Stack:
     def write_pool(self, replicas: Sequence[int] | None = None) -> None:
         """Make the pool the given simulator indexes (all by default); the picker reloads it."""
         chosen = range(self.replicas) if replicas is None else replicas
-        doc = {"endpoints": [{"name": f"sim-{i}", "address": self.sim_hosts[i], "port": self.ports.sims[i]}
+        doc = {"endpoints": [{"name": f"sim-{i}", "address": self.sim_hosts[i], "port": self.ports.sims[i],
+                              **({"labels": labels} if (labels := self.replica_labels(i)) else {})}
                              for i in chosen]}
         tmp = self.pool_file.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(doc))
         tmp.replace(self.pool_file)
 
+    def replica_args(self, index: int) -> list[str]:
+        """More ``epp sim`` flags for one replica (a subclass gives replicas different speeds, ...)."""
+        return []
+
+    def replica_labels(self, index: int) -> dict[str, str]:
+        """Pool-file labels for one replica (e.g. where it publishes KV events)."""
+        return {}
+
     def start_sims(self) -> None:
         # One process per replica so a test can stop or freeze one of them for real.
         for i, port in enumerate(self.ports.sims):
             sim = ManagedProcess(f"sim-{i}", epp_command("sim", "--host", self.sim_hosts[i], "--port", str(port),
-                                                         "--seed", str(i), *self.sim_args),
+                                                         "--seed", str(i), *self.sim_args, *self.replica_args(i)),
                                  self.workdir / f"sim-{i}.log")
             self.sims.append(sim.start())
         for sim in self.sims:

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, SIM_ARGS, completion, post_many, wait_until  # type: ignore[import-not-found]
 
-from epp.devstack.processes import ManagedProcess, epp_command
 from epp.devstack.stack import Stack
 
 GAUGE = "epp_test_backlog"
@@ -51,13 +50,8 @@ schedulingProfiles:
 class PerReplicaGauge(Stack):
     """A Stack whose simulators start with different values of the custom gauge."""
 
-    def start_sims(self) -> None:
-        for i, value in enumerate(START):
-            argv = epp_command("sim", "--host", self.sim_hosts[i], "--port", str(self.ports.sims[i]),
-                               "--seed", str(i), *self.sim_args, "--custom-gauge", f"{GAUGE}={value}")
-            self.sims.append(ManagedProcess(f"sim-{i}", argv, self.workdir / f"sim-{i}.log").start())
-        for sim in self.sims:
-            sim.wait_for_line("epp-sim ready", timeout=60)
+    def replica_args(self, index: int) -> list[str]:
+        return ["--custom-gauge", f"{GAUGE}={START[index]}"]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from e2e_support import MODEL, post, wait_until  # type: ignore[import-not-found]
 
-from epp.devstack.processes import ManagedProcess, epp_command, free_port
+from epp.devstack.processes import free_port
 from epp.devstack.stack import Stack
 from epp.testing.tokenizers import write_tiny_tokenizer
 
@@ -48,22 +48,12 @@ class KVEventsStack(Stack):
         super().__init__(workdir, replicas, **kwargs)
         self.kv_ports = [free_port() for _ in range(replicas)]
 
-    def start_sims(self) -> None:
-        for i, port in enumerate(self.ports.sims):
-            argv = epp_command("sim", "--host", self.sim_hosts[i], "--port", str(port), "--seed", str(i),
-                               *self.sim_args, "--kv-events", f"tcp://127.0.0.1:{self.kv_ports[i]}")
-            self.sims.append(ManagedProcess(f"sim-{i}", argv, self.workdir / f"sim-{i}.log").start())
-        for sim in self.sims:
-            sim.wait_for_line("epp-sim ready", timeout=60)
+    def replica_args(self, index: int) -> list[str]:
+        return ["--kv-events", f"tcp://127.0.0.1:{self.kv_ports[index]}"]
 
-    def write_pool(self, replicas: list[int] | None = None) -> None:
-        chosen = range(self.replicas) if replicas is None else replicas
-        doc = {"endpoints": [{"name": f"sim-{i}", "address": self.sim_hosts[i], "port": self.ports.sims[i],
-                              "labels": {"kv-events-endpoint": f"tcp://127.0.0.1:{self.kv_ports[i]}"}}
-                             for i in chosen]}
-        tmp = self.pool_file.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(doc))
-        tmp.replace(self.pool_file)
+    def replica_labels(self, index: int) -> dict[str, str]:
+        return {"kv-events-endpoint": f"tcp://127.0.0.1:{self.kv_ports[index]}"}
+
 
 
 def precise_config(tokenizer: Path) -> str:

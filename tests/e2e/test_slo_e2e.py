@@ -29,7 +29,6 @@ import pytest
 import yaml
 from e2e_support import SIM_ARGS, Reply, completion, post, wait_until  # type: ignore[import-not-found]
 
-from epp.devstack.processes import ManagedProcess, epp_command
 from epp.devstack.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,13 +45,8 @@ LOOSE_TPOT_MS = "1000"
 class MixedSpeedStack(Stack):
     """``Stack`` whose simulators run at ``SPEEDS`` (one process each, as ``Stack`` starts them)."""
 
-    def start_sims(self) -> None:
-        for i, port in enumerate(self.ports.sims):
-            argv = epp_command("sim", "--host", self.sim_hosts[i], "--port", str(port), "--seed", str(i),
-                               *self.sim_args, "--speed", str(SPEEDS[i]))
-            self.sims.append(ManagedProcess(f"sim-{i}", argv, self.workdir / f"sim-{i}.log").start())
-        for sim in self.sims:
-            sim.wait_for_line("epp-sim ready", timeout=60)
+    def replica_args(self, index: int) -> list[str]:
+        return ["--speed", str(SPEEDS[index])]
 
 
 def slo_config() -> str:
