@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 
 from epp.server.app import PickerServer, ServeOptions
+from epp.sim.config import SimConfig
+from epp.sim.faults import FaultMode
+from epp.sim.server import SimServer
 from epp.testing import ExtProcClient
 
 # Scoring without scrapes: protocol tests need no model servers behind the addresses.
@@ -58,3 +61,15 @@ async def picker(start_picker: PickerFactory) -> PickerServer:
 async def envoy(picker: PickerServer) -> AsyncIterator[ExtProcClient]:
     async with ExtProcClient(f"127.0.0.1:{picker.grpc_port}") as client:
         yield client
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[list[SimServer]]:
+    """Two fast simulated vLLM servers on ephemeral ports (2 sequences each, 20x time)."""
+    servers = [SimServer(SimConfig(port=0, max_num_seqs=2, time_scale=0.05, seed=i)) for i in range(2)]
+    for server in servers:
+        await server.start()
+    yield servers
+    for server in servers:
+        await server.set_fault(FaultMode.OK)  # release hung requests so stop() does not wait on them
+        await server.stop()

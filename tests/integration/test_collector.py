@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
-import pytest
 
 from epp.server.app import PickerServer
-from epp.sim import FaultMode, SimConfig, SimServer
+from epp.sim import FaultMode, SimServer
 from epp.testing.pages import MetricsPage
 from epp.testing.waiting import eventually
 
@@ -29,14 +28,6 @@ schedulingProfiles:
 """
 
 
-@pytest.fixture
-async def sims() -> AsyncIterator[list[SimServer]]:
-    servers = [SimServer(SimConfig(port=0, max_num_seqs=2, time_scale=0.05, seed=i)) for i in range(2)]
-    for server in servers:
-        await server.start()
-    yield servers
-    for server in servers:
-        await server.stop()
 
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from epp.datalayer.collector import freshness_bound
 from epp.server.app import BackgroundTasks, PickerServer, ServeOptions
 from epp.server.health import EXT_PROC_SERVICE
-from epp.sim import FaultMode, SimConfig, SimServer
+from epp.sim import FaultMode, SimServer
 from epp.testing.pages import MetricsPage
 from epp.testing.waiting import eventually as wait_for_condition
 
@@ -38,15 +38,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-@pytest.fixture
-async def sims() -> AsyncIterator[list[SimServer]]:
-    servers = [SimServer(SimConfig(port=0, max_num_seqs=2, time_scale=0.05, seed=i)) for i in range(2)]
-    for server in servers:
-        await server.start()
-    yield servers
-    for server in servers:
-        await server.set_fault(FaultMode.OK)  # release hung requests so stop() does not wait on them
-        await server.stop()
 
 
 # Scrapes and restarts here take longer than the helper's default 5 s.

@@ -14,20 +14,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from epp.sim import SimConfig, SimServer
+from epp.sim import SimServer
 from epp.testing.waiting import eventually as wait_for_condition
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-@pytest.fixture
-async def sims() -> AsyncIterator[list[SimServer]]:
-    servers = [SimServer(SimConfig(port=0, max_num_seqs=2, time_scale=0.05, seed=i)) for i in range(2)]
-    for server in servers:
-        await server.start()
-    yield servers
-    for server in servers:
-        await server.stop()
 
 
 def endpoints(sims: list[SimServer]) -> str:
