@@ -265,7 +265,7 @@ async def test_requests_with_objectives_run_the_slo_profile_and_the_rest_the_def
     trace = await admin_json(server, "/debug/decisions/without")
     assert list(trace["profiles"]) == ["default"], trace
     scorers = {s["plugin"].split("/")[-1] for s in trace["profiles"]["default"]["scorers"]}
-    assert scorers == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
+    assert scorers == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer", "prefill-load-scorer"}
 
 
 # --- tracker and in-flight counts -----------------------------------------------------------------

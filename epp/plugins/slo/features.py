@@ -10,7 +10,10 @@ The two models read different linear terms of the same features:
   (this picker's in-flight prefill backlog), the engine's waiting queue, and the running
   batch and KV usage, which slow every step the prefill shares.
 - TPOT (``TPOT_TERMS``): the running batch and KV usage (a decode step reads every running
-  sequence's context, which KV usage measures) and prefill chunks interleaved with decode.
+  sequence's context, which KV usage measures), prefill chunks interleaved with decode, this
+  picker's requests in flight there (fresh, unlike the scraped running batch) and the rate of
+  prompt tokens this picker recently routed there (``routed_rate``): the prompts arriving
+  during this request's decode, which stall its steps (``routed_rate`` module).
 
 Token counts enter in thousands so all coefficients have similar magnitudes, which keeps
 the normal equations well conditioned.
@@ -26,7 +29,8 @@ from epp.framework.attributes import InFlightLoad, PrefixMatch
 __all__ = ["TPOT_TERMS", "TTFT_TERMS", "Features", "features_for", "tpot_terms", "ttft_terms"]
 
 TTFT_TERMS = ("bias", "uncached_ktokens", "prefill_backlog_ktokens", "waiting", "running", "kv_usage")
-TPOT_TERMS = ("bias", "running", "kv_usage", "prefill_backlog_ktokens", "waiting")
+TPOT_TERMS = ("bias", "running", "kv_usage", "prefill_backlog_ktokens", "waiting", "inflight_requests",
+              "routed_ktokens_per_s")
 
 
 class Features(NamedTuple):
@@ -40,18 +44,21 @@ class Features(NamedTuple):
     prefill_backlog: float  # uncached prompt tokens in flight without a first byte yet
     inflight_tokens: float
     inflight_requests: float
+    routed_rate: float = 0.0  # prompt tokens/s this picker recently routed to the endpoint
 
     @property
     def uncached_tokens(self) -> float:
         return max(1.0, self.input_tokens * (1.0 - self.prefix_fraction))
 
 
-def features_for(endpoint: Endpoint, input_tokens: int, prefix: PrefixMatch, load: InFlightLoad) -> Features:
+def features_for(endpoint: Endpoint, input_tokens: int, prefix: PrefixMatch, load: InFlightLoad,
+                 routed_rate: float = 0.0) -> Features:
     metrics = endpoint.metrics
     name = endpoint.name
     return Features(metrics.kv_cache_usage_percent, float(metrics.waiting_queue_size),
                     float(metrics.running_requests_size), float(input_tokens), prefix.ratio(name),
-                    float(load.prefill_backlog(name)), float(load.tokens(name)), float(load.requests(name)))
+                    float(load.prefill_backlog(name)), float(load.tokens(name)), float(load.requests(name)),
+                    routed_rate)
 
 
 def ttft_terms(f: Features) -> tuple[float, ...]:
@@ -59,4 +66,5 @@ def ttft_terms(f: Features) -> tuple[float, ...]:
 
 
 def tpot_terms(f: Features) -> tuple[float, ...]:
-    return (1.0, f.running, f.kv_usage, f.prefill_backlog / 1000.0, f.waiting)
+    return (1.0, f.running, f.kv_usage, f.prefill_backlog / 1000.0, f.waiting, f.inflight_requests,
+            f.routed_rate / 1000.0)

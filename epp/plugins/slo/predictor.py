@@ -28,10 +28,13 @@ an H100, ``epp/sim/config.py``):
   + 25·waiting + 0.5·running. Prefill runs at 4e-5 s/token plus attention (≈45 ms per 1k
   tokens); the base is one 6 ms step plus scheduling and network; a waiting request costs
   about half an average prefill (the backlog term already counts this picker's own).
-- TPOT = 7 + 0.08·running + 22·KV usage + 0.3·(prefill backlog, k tokens). One decode
-  step is 6 ms of weights plus 0.03 ms per sequence; reading a full KV cache (27,900
-  blocks × 16 tokens × 5e-8 s) adds 22 ms; a 1k-token prefill chunk adds ≈40 ms to one step,
-  spread over a ~128-token answer.
+- TPOT = 7 + 0.08·running + 22·KV usage + 0.3·(prefill backlog, k tokens)
+  + 0.3·(prompt tokens routed there recently, k tokens/s). One decode step is 6 ms of weights
+  plus 0.03 ms per sequence; reading a full KV cache (27,900 blocks × 16 tokens × 5e-8 s)
+  adds 22 ms; a 1k-token prefill chunk adds ≈40 ms to one step, spread over a ~128-token
+  answer; prompts arriving at R k tokens/s keep the engine prefilling 4·R % of the time
+  (≈0.3 ms per step per k tokens/s). This picker's in-flight requests start at 0: the
+  running batch carries the same signal until the data says otherwise.
 
 The prior is worth ``PRIOR_PSEUDO_SAMPLES`` (20) samples: the ridge penalty on each
 coefficient's distance from the prior is 20 × the mean weighted energy of its term, so a
@@ -107,7 +110,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PRIOR_TTFT: tuple[float, ...] = (15.0, 45.0, 45.0, 25.0, 0.5, 0.0)
-PRIOR_TPOT: tuple[float, ...] = (7.0, 0.08, 22.0, 0.3, 0.0)
+PRIOR_TPOT: tuple[float, ...] = (7.0, 0.08, 22.0, 0.3, 0.0, 0.0, 0.3)
 PRIOR_PSEUDO_SAMPLES = 20.0
 TTFT_FLOOR_MS = 1.0
 TPOT_FLOOR_MS = 0.1
@@ -368,7 +371,8 @@ class LatencyPredictor:
     def _update_margins(self, endpoints: set[str]) -> None:
         """Recompute the margins of the pool and the endpoints that got samples; rebuild the bound factors."""
         margins = dict(self.margins)
-        for endpoint in endpoints | {""}:
+        # The pool first: an endpoint with few samples borrows the pool's new margin, whatever the set order.
+        for endpoint in ["", *sorted(endpoints - {""})]:
             ratios = self._ratios.get(endpoint)
             if ratios is not None:
                 margins[endpoint] = (self._margin(ratios[0], margins.get("", (1.0, 1.0))[0]),

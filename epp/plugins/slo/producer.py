@@ -78,6 +78,7 @@ from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.plugins.slo.features import Features, features_for
 from epp.plugins.slo.predictor import LatencyPredictor
+from epp.plugins.slo.routed_rate import RoutedRate
 from epp.requests.types import InferenceRequest
 
 __all__ = ["ObservedCallback", "PredictedCallback", "PredictedLatencyParams", "PredictedLatencyProducer"]
@@ -181,6 +182,9 @@ class PredictedLatencyProducer(BasePlugin):
                                           refit_samples=p.refit_samples, state_path=p.state_path or None,
                                           quantile=p.latency_quantile or None)
         self._state_key = f"{self.TYPE}/{name}"
+        # Uncached prompt tokens this picker routed to each endpoint lately: the TPOT model's view
+        # of the prompts that will arrive during a request's decode.
+        self.routed = RoutedRate()
         self._buffer = p.slo_buffer_factor
         self._role_label = p.endpoint_role_label
         self._predicts = p.predicts
@@ -197,13 +201,15 @@ class PredictedLatencyProducer(BasePlugin):
         tokens = request_prompt_tokens(request)
         prefix = prefix_match(cycle)
         load = inflight_load(cycle)
-        rows = {ep.name: features_for(ep, tokens, prefix, load) for ep in endpoints}
+        now = self.clock()
+        rate = self.routed.rate
+        rows = {ep.name: features_for(ep, tokens, prefix, load, rate(ep.name, now)) for ep in endpoints}
         predictions: dict[str, LatencyPrediction] = {}
         if self._predicts:
             ttft_slo, tpot_slo = request.slo_ttft_ms, request.slo_tpot_ms
             # Time already spent (body upload, the flow-control queue) counts against the TTFT objective;
             # the model predicts only what happens from routing on.
-            spent_ms = max(0.0, (self.clock() - request.received_at) * 1000.0)
+            spent_ms = max(0.0, (now - request.received_at) * 1000.0)
             ttft_goal = ttft_slo * self._buffer - spent_ms if ttft_slo is not None else 0.0
             tpot_goal = tpot_slo * self._buffer if tpot_slo is not None else 0.0
             # An objective the request does not state cannot be missed (headroom 0); a request
@@ -238,8 +244,11 @@ class PredictedLatencyProducer(BasePlugin):
             if self.on_predicted is not None and candidates.predictions:
                 self.on_predicted(request, routed.prediction, candidates.seconds)
         else:  # PrepareData did not run for this endpoint: its state now is the best we have
-            features = features_for(chosen, request_prompt_tokens(request), prefix_match(cycle), inflight_load(cycle))
-            routed = _Routed(chosen.name, features, None, self.clock())
+            now = self.clock()
+            features = features_for(chosen, request_prompt_tokens(request), prefix_match(cycle), inflight_load(cycle),
+                                    self.routed.rate(chosen.name, now))
+            routed = _Routed(chosen.name, features, None, now)
+        self.routed.add(chosen.name, routed.features.uncached_tokens, routed.routed_at)
         request.plugin_state[self._state_key] = routed
 
     # --- ResponseComplete ------------------------------------------------------------------

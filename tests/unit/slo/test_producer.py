@@ -376,3 +376,26 @@ async def test_the_chosen_prediction_and_its_cost_are_reported_at_pre_request(
     chosen = latency_predictions(cycle).get("b")
     assert chosen is not None
     assert [(r, t) for r, t, _ in reported] == [("r1", chosen.ttft_ms)] and reported[0][2] >= 0.0
+
+
+async def test_prompts_routed_to_an_endpoint_raise_its_predicted_tpot(
+        producer: PredictedLatencyProducer, make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    busy, quiet = make_endpoint("busy"), make_endpoint("quiet")
+    for i in range(5):
+        await route(producer, slo_request(make_request, tpot=50.0, request_id=f"r{i}"), busy, [busy, quiet], routed)
+    assert producer.routed.rate("busy", 100.0) > 0.0 and producer.routed.rate("quiet", 100.0) == 0.0
+    cycle = CycleState()
+    await producer.prepare_data(cycle, slo_request(make_request, tpot=50.0, request_id="next"), [busy, quiet])
+    predictions = latency_predictions(cycle)
+    b, q = predictions.get("busy"), predictions.get("quiet")
+    assert b is not None and q is not None
+    # Same scraped metrics, same prompt: only the prompts this picker sent there differ.
+    assert b.tpot_ms > q.tpot_ms and b.ttft_ms == q.ttft_ms
+    # The rate fades once the picker stops sending: 20 s later the two look alike again.
+    producer.clock = FakeClock(120.0)
+    later = slo_request(make_request, tpot=50.0, request_id="later")
+    later.received_at = 120.0
+    cycle = CycleState()
+    await producer.prepare_data(cycle, later, [busy, quiet])
+    b, q = latency_predictions(cycle).get("busy"), latency_predictions(cycle).get("quiet")
+    assert b is not None and q is not None and b.tpot_ms == pytest.approx(q.tpot_ms, rel=1e-3)
