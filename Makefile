@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise bench-compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,13 @@ bench-slo: $(STAMP)
 ## Precise vs approximate prefix routing: eviction-heavy and shared-prefix workloads (~3.5 min).
 bench-routing-precise: $(STAMP)
 	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise --seconds 15
+
+## Side by side with sglang-router and vllm-router (installed into their own venv): TTFT, throughput, CPU per
+## router (~11 min; QUICK=1 for ~2.5 min, SWEEP=1 adds a rate sweep). Results in benchmarks/results/compare/.
+bench-compare: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.compare.setup
+	$(BIN)/python -m benchmarks.compare $(if $(QUICK),--quick) $(if $(SWEEP),--sweep)
 
 ## Flow control under 2x overload: high-priority p90 TTFT, low-priority shedding, per-workload fairness, queue CPU per request.
 bench-flowcontrol: $(STAMP)
