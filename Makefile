@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise bench-compare clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise bench-routing-pickers bench-compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ bench-slo: $(STAMP)
 ## Precise vs approximate prefix routing: eviction-heavy and shared-prefix workloads (~3.5 min).
 bench-routing-precise: $(STAMP)
 	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise --seconds 15
+
+## Precise vs approximate with two pickers behind one Envoy (each approximate index sees half the decisions; ~4 min).
+bench-routing-pickers: $(STAMP)
+	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy --rate 24 --seconds 45 --routers default,precise,default-2pickers,precise-2pickers
+	$(BIN)/python -m benchmarks.routing --workloads shared-prefix --rate 16 --seconds 15 --routers default,precise,default-2pickers,precise-2pickers
 
 ## Side by side with sglang-router and vllm-router (installed into their own venv): TTFT, throughput, CPU per
 ## router (~11 min; QUICK=1 for ~2.5 min, SWEEP=1 adds a rate sweep). Results in benchmarks/results/compare/.

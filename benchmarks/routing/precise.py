@@ -32,7 +32,9 @@ from epp.testing.tokenizers import write_tiny_tokenizer
 __all__ = ["KV_EVENT_ROUTERS", "PickerProbe", "precise_config", "precise_sim_args", "write_tokenizer"]
 
 _CONFIG = Path(__file__).resolve().parents[2] / "config" / "precise-prefix.yaml"
-KV_EVENT_ROUTERS = frozenset({"precise"})
+# precise: the shipped config (the precise scorer alone); precise-only: the same, kept for older
+# command lines; precise+approx: with the approximate prefix-cache-scorer beside it (weight 2).
+KV_EVENT_ROUTERS = frozenset({"precise", "precise-only", "precise+approx"})
 # Words the workload generators write besides _WORDS (numbers are words of their own).
 _EXTRA = ("Customer", "policy", "handbook", "Question", "Request", "Summarise", "Task", "Answer", "briefly",
           "system", "user", "assistant")
@@ -49,9 +51,19 @@ def precise_sim_args(picker_events_port: int) -> list[str]:
     return ["--kv-events-config", json.dumps(settings)]
 
 
-def precise_config(tokenizer: Path, picker_events_port: int) -> str:
-    """config/precise-prefix.yaml with this run's tokenizer and the picker binding the events socket."""
+def precise_config(tokenizer: Path, picker_events_port: int, approximate: bool = False) -> str:
+    """config/precise-prefix.yaml with this run's tokenizer and the picker binding the events socket;
+    ``approximate``: with the approximate prefix-cache-scorer beside the precise one (weight 2)."""
     doc = yaml.safe_load(_CONFIG.read_text())
+    has_approximate = any(p["type"] == "prefix-cache-scorer" for p in doc["plugins"])
+    if not approximate:
+        doc["plugins"] = [p for p in doc["plugins"] if p["type"] != "prefix-cache-scorer"]
+        for profile in doc["schedulingProfiles"]:
+            profile["plugins"] = [e for e in profile["plugins"] if e["pluginRef"] != "prefix-cache-scorer"]
+    elif not has_approximate:
+        doc["plugins"].append({"type": "prefix-cache-scorer"})
+        for profile in doc["schedulingProfiles"]:
+            profile["plugins"].append({"pluginRef": "prefix-cache-scorer", "weight": 2})
     params = next(p for p in doc["plugins"] if p["type"] == "precise-prefix-cache-scorer")["parameters"]
     pool = params["indexerConfig"]["tokenizersPoolConfig"]
     pool["local"] = {"modelTokenizerMap": {m: str(tokenizer) for m in (MODEL, *LORA_ADAPTERS)}}
@@ -87,12 +99,14 @@ class PickerProbe:
     def __call__(self, stack: Stack) -> None:
         if stack.picker is None:
             return
-        pid = stack.picker.pid
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        # Several pickers (pickers.MultiPickerStack): CPU and RSS summed, events and blocks per picker.
+        processes = getattr(stack, "pickers", None) or [stack.picker]
+        cpu = rss = 0.0
+        for process in processes:
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            rss += int(Path(f"/proc/{process.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         endpoints = _get(f"{stack.admin_url}/debug/endpoints")["endpoints"]
         events = sum(ep.get("kvEvents", {}).get("events", 0) for ep in endpoints)
         blocks = sum(ep.get("kvEvents", {}).get("blocks", 0) for ep in endpoints)
-        self.usage = PickerUsage(cpu, rss, events, blocks)
+        self.usage = PickerUsage(cpu, int(rss), events, blocks)

@@ -41,4 +41,9 @@ schedulingProfiles:
     # The default with the precise prefix-cache scorer fed by KV events (config/precise-prefix.yaml;
     # tokenizer and events socket filled in per run by precise.py).
     "precise": (_CONFIG / "precise-prefix.yaml").read_text(),
+    # precise-only: the same (the shipped config has the precise scorer alone; older runs had
+    # the approximate one beside it); precise+approx: with the approximate prefix-cache-scorer beside it.
+    "precise-only": (_CONFIG / "precise-prefix.yaml").read_text(),
+    "precise+approx": (_CONFIG / "precise-prefix.yaml").read_text(),
 }
+# Any picker router with "-2pickers" appended runs two picker processes behind one Envoy (pickers.py).

@@ -11,6 +11,9 @@ Lengths are in simulator tokens (about 4 characters each, see docs/simulator.md)
 - ``eviction-heavy``: as shared-prefix with 64 groups of 2k tokens, popularity skewed
   (Zipf 0.8): the working set is 4x one replica's KV cache (and all of the cluster's), so
   replicas evict constantly and where a prefix was sent says little about where it still is.
+- ``eviction-saturated``: eviction-heavy on replicas running 2 sequences at a time, so a
+  misrouted cold prefill queues the requests behind it (TTFT then measures routing, not
+  only one prefill).
 - ``no-prefix``: every prompt unique; routing can only balance load.
 - ``lora``: short prompts spread over more LoRA adapters than a replica has slots.
 """
@@ -113,6 +116,9 @@ def build(name: str, rate: float, seconds: float, seed: int = 1) -> Workload:
     if name == "eviction-heavy":
         return Workload(name, eviction_heavy(n, seed), "/v1/chat/completions", small_cache,
                         "64 groups x 2k-token system prompt (Zipf 0.8), 4x one replica's KV cache; 32 output tokens")
+    if name == "eviction-saturated":
+        return Workload(name, eviction_heavy(n, seed), "/v1/chat/completions", [*small_cache, "--max-num-seqs", "2"],
+                        "eviction-heavy with 2 sequences per replica: misrouted cold prefills build queues")
     if name == "no-prefix":
         return Workload(name, no_prefix(n, seed), "/v1/chat/completions", small_cache,
                         "unique 2.5k-token prompts, 32 output tokens")

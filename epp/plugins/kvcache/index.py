@@ -26,12 +26,21 @@ Decisions:
   matches stop there, never claim more than the replica holds.
 - Data-parallel ranks are indexed separately (their hashes and evictions are independent)
   and matched as one endpoint: the longest prefix any rank holds.
+- Speculative blocks (``speculate``, llm-d's ``speculativeIndexing``): the picker adds the
+  content keys of the blocks a request it just routed will create, so the requests sharing
+  that prefix which arrive before the replica reports them stored find them (the blind
+  window between routing and ``BlockStored``). Each lives until its TTL, until a
+  ``BlockStored`` with the same content key confirms it (then it is an ordinary block), or
+  until a ``BlockRemoved`` / clear of that key on the endpoint drops it: the replica's own
+  word always wins over the guess. They are per endpoint, not per rank (the picker does not
+  know which rank serves a request), count towards every rank's leading run, and are bounded
+  like the confirmed blocks (oldest dropped first).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from epp.plugins.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, KVEvent
@@ -59,10 +68,11 @@ class _Replica:
         self.key_by_hash[engine_hash] = key
         self.refs[key] = self.refs.get(key, 0) + 1
 
-    def remove(self, engine_hash: int) -> None:
+    def remove(self, engine_hash: int) -> int | None:
         key = self.key_by_hash.pop(engine_hash, None)
         if key is not None:
             self._release(key)
+        return key
 
     def evict_oldest(self) -> None:
         self.remove(next(iter(self.key_by_hash)))
@@ -74,19 +84,29 @@ class _Replica:
         else:
             del self.refs[key]
 
-    def leading(self, keys: Sequence[int]) -> int:
+    def leading(self, keys: Sequence[int], speculative: Mapping[int, float]) -> int:
         refs = self.refs
         count = 0
         for key in keys:
-            if key not in refs:
+            if key not in refs and key not in speculative:
                 break
             count += 1
         return count
 
 
+def _leading_speculative(keys: Sequence[int], speculative: Mapping[int, float]) -> int:
+    count = 0
+    for key in keys:
+        if key not in speculative:
+            break
+        count += 1
+    return count
+
+
 class _EndpointState:
-    __slots__ = ("block_size", "errors", "events", "evicted", "gaps", "ignored", "last_sequence", "rate",
-                 "replicas", "resets", "unknown_parents", "window_events", "window_start")
+    __slots__ = ("block_size", "confirmed", "errors", "events", "evicted", "expired", "gaps", "ignored",
+                 "last_sequence", "rate", "replicas", "resets", "speculative", "unknown_parents", "window_events",
+                 "window_start")
 
     def __init__(self, now: float) -> None:
         self.replicas: dict[int, _Replica] = {}
@@ -94,12 +114,27 @@ class _EndpointState:
         self.last_sequence: int | None = None
         self.events = self.gaps = self.resets = self.errors = 0
         self.unknown_parents = self.ignored = self.evicted = 0
+        # content key -> expiry; insertion order is expiry order (one TTL per index user)
+        self.speculative: dict[int, float] = {}
+        self.confirmed = self.expired = 0
         self.window_start = now
         self.window_events = 0
         self.rate: float | None = None
 
     def blocks(self) -> int:
         return sum(len(r.key_by_hash) for r in self.replicas.values())
+
+    def holds(self, key: int) -> bool:
+        return any(key in r.refs for r in self.replicas.values())
+
+    def expire(self, now: float) -> None:
+        speculative = self.speculative
+        while speculative:
+            key, expiry = next(iter(speculative.items()))
+            if expiry > now:
+                break
+            del speculative[key]
+            self.expired += 1
 
 
 class KVBlockIndex:
@@ -134,6 +169,7 @@ class KVBlockIndex:
         state = self._state(endpoint)
         if isinstance(event, AllBlocksCleared):
             state.replicas.pop(rank, None)
+            state.speculative.clear()
             return
         if (event.medium is not None and event.medium not in self._media) or event.group_idx not in (None, 0):
             state.ignored += 1
@@ -141,8 +177,11 @@ class KVBlockIndex:
         replica = state.replicas.get(rank)
         if isinstance(event, BlockRemoved):
             if replica is not None:
+                speculative = state.speculative
                 for engine_hash in event.block_hashes:
-                    replica.remove(engine_hash)
+                    key = replica.remove(engine_hash)
+                    if key is not None and speculative:
+                        speculative.pop(key, None)
             return
         if replica is None:
             replica = state.replicas[rank] = _Replica()
@@ -159,9 +198,12 @@ class KVBlockIndex:
         state.block_size = event.block_size
         size = event.block_size
         tokens = event.token_ids
+        speculative = state.speculative
         for i, engine_hash in enumerate(event.block_hashes):
             parent = block_key(parent, tokens[i * size:(i + 1) * size], event.lora_id)
             replica.store(engine_hash, parent)
+            if speculative and speculative.pop(parent, None) is not None:
+                state.confirmed += 1
         while len(replica.key_by_hash) > self._max_blocks:
             replica.evict_oldest()
             state.evicted += 1
@@ -180,6 +222,7 @@ class KVBlockIndex:
         """Forget ``endpoint``'s blocks (all ranks) after a loss, keeping its counters; say why."""
         state = self._state(endpoint)
         state.replicas.clear()
+        state.speculative.clear()
         state.last_sequence = None
         state.gaps += gap
         state.resets += reset
@@ -196,17 +239,47 @@ class KVBlockIndex:
         state = self._endpoints.get(endpoint)
         return None if state is None else state.last_sequence
 
+    def speculate(self, endpoint: str, keys: Sequence[int], ttl: float) -> int:
+        """Expect ``endpoint`` to hold ``keys`` soon (a request was just routed there with this
+        prompt): they match for ``ttl`` seconds unless confirmed or removed first. Keys the
+        endpoint already holds are skipped. Returns how many were added or renewed."""
+        if ttl <= 0 or not keys:
+            return 0
+        state = self._state(endpoint)
+        now = self._clock()
+        state.expire(now)
+        speculative = state.speculative
+        expiry = now + ttl
+        added = 0
+        for key in keys:
+            if state.holds(key):
+                continue
+            speculative.pop(key, None)  # renewed: moves to the end, keeping expiry order
+            speculative[key] = expiry
+            added += 1
+        while len(speculative) > self._max_blocks:
+            del speculative[next(iter(speculative))]
+            state.evicted += 1
+        return added
+
     def match(self, keys: Sequence[int], endpoints: Sequence[str]) -> dict[str, int]:
-        """Per endpoint, how many leading ``keys`` it holds (stops at the first it lacks)."""
+        """Per endpoint, how many leading ``keys`` it holds or is expected to hold (stops at the first it lacks)."""
         result: dict[str, int] = {}
+        now: float | None = None
         for endpoint in endpoints:
             state = self._endpoints.get(endpoint)
             best = 0
             if state is not None:
+                speculative = state.speculative
+                if speculative:
+                    if now is None:
+                        now = self._clock()
+                    state.expire(now)
+                    best = _leading_speculative(keys, speculative)
                 for replica in state.replicas.values():
-                    best = max(best, replica.leading(keys))
                     if best == len(keys):
                         break
+                    best = max(best, replica.leading(keys, speculative))
             result[endpoint] = best
         return result
 
@@ -229,10 +302,13 @@ class KVBlockIndex:
                 "eventsPerSecond": None if rate is None else round(rate, 3), "gaps": state.gaps,
                 "resets": state.resets, "errors": state.errors, "events": state.events,
                 "unknownParents": state.unknown_parents, "ignored": state.ignored, "evicted": state.evicted,
-                "blockSize": state.block_size, "ranks": sorted(state.replicas)}
+                "blockSize": state.block_size, "ranks": sorted(state.replicas),
+                "speculative": len(state.speculative), "speculativeConfirmed": state.confirmed,
+                "speculativeExpired": state.expired}
 
     def debug_sizes(self) -> dict[str, int]:
         return {"endpoints": len(self._endpoints),
                 "replicas": sum(len(s.replicas) for s in self._endpoints.values()),
                 "blocks": sum(s.blocks() for s in self._endpoints.values()),
-                "contentKeys": sum(len(r.refs) for s in self._endpoints.values() for r in s.replicas.values())}
+                "contentKeys": sum(len(r.refs) for s in self._endpoints.values() for r in s.replicas.values()),
+                "speculative": sum(len(s.speculative) for s in self._endpoints.values())}

@@ -21,7 +21,15 @@ llm-d's own machinery are accepted and ignored (logged once): ``hashSeed`` (our 
 are computed from token ids and never reproduce vLLM's hash), ``prefixStoreConfig``,
 ``kvBlockIndexConfig.inMemoryConfig.podCacheSize``, ``minPrefixOverlapRatio``,
 ``concurrency``, ``hf`` (nothing is downloaded; put the tokenizer file on disk or rely on
-``/tokenize``), ``speculativeIndexing``/``speculativeTTL`` (not implemented).
+``/tokenize``).
+
+- ``speculativeIndexing`` (false) and ``speculativeTTL`` ("2s", llm-d's default): at
+  PreRequest, the blocks the routed request will create (its prompt's block keys, computed
+  in PrepareData) are added to the chosen endpoint's (and the prefill endpoint's) entries as
+  speculative, matching like stored blocks until the replica's ``BlockStored`` confirms them,
+  its ``BlockRemoved`` drops them, or the TTL passes. This closes the blind window between
+  routing and the replica's events, in which requests sharing a new prefix would otherwise
+  score 0 everywhere and scatter.
 
 - ``tokenProcessorConfig.blockSize`` (16; ``blockSizeTokens`` is the newer spelling):
   tokens per block until an endpoint's events tell its real block size.
@@ -58,9 +66,10 @@ from pathlib import Path
 from typing import Any
 
 from epp.datalayer.endpoint import Endpoint
+from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch, request_prompt_tokens
 from epp.framework.params import Duration, require
 from epp.framework.plugin import BasePlugin, Handle
-from epp.framework.scheduling import CycleState, ScorerCategory
+from epp.framework.scheduling import CycleState, SchedulingResult, ScorerCategory
 from epp.plugins.kvcache.index import KVBlockIndex
 from epp.plugins.kvcache.keys import block_keys
 from epp.plugins.kvcache.subscriber import KVEventsSubscriber
@@ -187,7 +196,7 @@ class PrecisePrefixParams:
     indexer_config: IndexerConfig = field(default_factory=IndexerConfig)
     kv_events_config: KVEventsConfig = field(default_factory=KVEventsConfig)
     speculative_indexing: bool = False
-    speculative_ttl: Duration = Duration(2.0)
+    speculative_ttl: Duration = field(default=Duration(2.0), metadata={"key": "speculativeTTL"})
     max_blocks_per_endpoint: int = 0
     max_prefix_blocks_to_match: int = 0
     lora_ids: dict[str, int] = field(default_factory=dict)
@@ -197,6 +206,7 @@ class PrecisePrefixParams:
                 self.max_blocks_per_endpoint)
         require(self.max_prefix_blocks_to_match >= 0, "max_prefix_blocks_to_match", "must be >= 0",
                 self.max_prefix_blocks_to_match)
+        require(self.speculative_ttl > 0, "speculative_ttl", "must be > 0", self.speculative_ttl)
         for model, lora_id in self.lora_ids.items():
             require(type(lora_id) is int and lora_id > 0, f"loraIds.{model}", "must be a positive integer",
                     lora_id)
@@ -246,8 +256,6 @@ class PrecisePrefixCacheScorer(BasePlugin):
         ignored = []
         if p.token_processor_config.hash_seed:
             ignored.append("tokenProcessorConfig.hashSeed (block keys never reproduce vLLM's hash)")
-        if p.speculative_indexing:
-            ignored.append("speculativeIndexing (not implemented)")
         kv_config = p.indexer_config.kv_block_index_config
         if kv_config.redis_config is not None or kv_config.cost_aware_memory_config is not None:
             ignored.append("kvBlockIndexConfig redis/costAware backends (the index is in memory)")
@@ -269,10 +277,37 @@ class PrecisePrefixCacheScorer(BasePlugin):
 
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
         try:
-            cycle[self._state_key] = await self._match(request, endpoints)
+            match = await self._match(request, endpoints)
         except Exception:  # a scorer input must never fail the request; neutral scores instead
             log.exception("%s: matching the prompt failed", self.typed_name)
-            cycle[self._state_key] = PreciseMatch({}, 0)
+            match = PreciseMatch({}, 0)
+        cycle[self._state_key] = match
+        if cycle.get(PREFIX_MATCH_KEY) is None and match.fractions:
+            # Without the approximate producer, prefill-load-scorer and the in-flight backlog
+            # would count every prompt as fully uncached everywhere, and so push requests away
+            # from the replica that holds (or is prefilling) their prefix. Not declared in
+            # PRODUCES: a configured approximate producer keeps its own data (it runs first or
+            # overwrites this). In the estimated tokens those consumers use.
+            estimated = request_prompt_tokens(request)
+            cycle[PREFIX_MATCH_KEY] = PrefixMatch(
+                estimated, 1, {ep: int(fraction * estimated) for ep, fraction in match.fractions.items()})
+
+    def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
+        """Speculative indexing: the chosen endpoints will hold this prompt's blocks once it is prefilled."""
+        keys_by_endpoint = request.plugin_state.pop(self._state_key, None)
+        if not self.params.speculative_indexing or not isinstance(keys_by_endpoint, dict):
+            return
+        try:
+            chosen = {ep.name for profile in result.profile_results.values() if profile is not None
+                      for ep in profile.endpoints[:1]}
+        except Exception:  # never fail a routed request for a guess
+            log.exception("%s: reading the routing result failed", self.typed_name)
+            return
+        ttl = float(self.params.speculative_ttl)
+        for name in chosen:
+            keys = keys_by_endpoint.get(name)
+            if keys:
+                self.index.speculate(name, keys, ttl)
 
     async def _match(self, request: InferenceRequest, endpoints: list[Endpoint]) -> PreciseMatch:
         tokens = await self.tokenizers.tokenize(self._model_for(request), str(request.api), request.body,
@@ -286,12 +321,17 @@ class PrecisePrefixCacheScorer(BasePlugin):
         for ep in endpoints:
             by_size.setdefault(self.index.block_size(ep.name) or default_size, []).append(ep.name)
         fractions: dict[str, float] = {}
+        keys_by_endpoint: dict[str, list[int]] = {}
         for size, names in by_size.items():
             keys = block_keys(tokens, size, lora_id, limit=limit)
             if not keys:
                 continue
             for endpoint, matched in self.index.match(keys, names).items():
                 fractions[endpoint] = matched / len(keys)
+                keys_by_endpoint[endpoint] = keys
+        if self.params.speculative_indexing:
+            # Kept for PreRequest, which learns where the request went.
+            request.plugin_state[self._state_key] = keys_by_endpoint
         return PreciseMatch(fractions, len(tokens))
 
     def score(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> Sequence[float]:

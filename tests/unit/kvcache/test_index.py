@@ -132,7 +132,8 @@ def test_purge_and_clear() -> None:
     index.purge("b")
     assert index.stats("b") == {"blocks": 0, "lastSequence": None, "eventsPerSecond": None, "gaps": 0, "resets": 0,
                                 "errors": 0, "events": 0, "unknownParents": 0, "ignored": 0, "evicted": 0,
-                                "blockSize": None, "ranks": []}
+                                "blockSize": None, "ranks": [], "speculative": 0,
+                                "speculativeConfirmed": 0, "speculativeExpired": 0}
     assert index.match(KEYS, ["a", "b"]) == {"a": 0, "b": 0}
 
 

@@ -155,6 +155,7 @@ def test_plugin_roles_and_debug_views(scorer: PrecisePrefixCacheScorer) -> None:
     ({"tokenProcessorConfig": {"blockSize": 0}}, "plugins[0].tokenProcessorConfig.blockSize"),
     ({"kvEventsConfig": {"zmqEndpointt": "x"}}, "plugins[0].kvEventsConfig.zmqEndpointt"),
     ({"loraIds": {"a": 0}}, "plugins[0].loraIds.a"),
+    ({"speculativeTTL": "0s"}, "plugins[0].speculativeTTL"),
     ({"indexerConfig": {"tokenizersPoolConfig": {"workersCount": 0}}},
      "plugins[0].indexerConfig.tokenizersPoolConfig.workersCount"),
 ])
@@ -188,3 +189,5 @@ def test_shipped_config_parameters_decode() -> None:
     assert params.kv_events_config.discover_pods
     assert params.kv_events_config.connect_template() == "tcp://{address}:5557"
     assert params.indexer_config.tokenizers_pool_config.remote_timeout == 0.5
+    assert params.speculative_indexing
+    assert params.speculative_ttl == 2.0
