@@ -110,6 +110,25 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
 
 
+def start_replay(context: zmq.asyncio.Context, publisher: Publisher) -> tuple[str, list[int], asyncio.Task[None]]:
+    """A replay socket serving ``publisher``'s buffer: its address, the start sequences asked, its task."""
+    router = context.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    requests: list[int] = []
+    return router.getsockopt_string(zmq.LAST_ENDPOINT), requests, asyncio.create_task(
+        serve_replay(router, publisher, requests))
+
+
+def following(labels: dict[str, str], **options: Any) -> tuple[KVBlockIndex, KVEventsSubscriber]:
+    """A subscriber (and its index) following a pool of one endpoint ``a`` with ``labels``."""
+    index = KVBlockIndex()
+    pool = EndpointPool()
+    pool.replace_all([member("a", labels)])
+    subscriber = KVEventsSubscriber(index, **options)
+    subscriber.attach(pool)
+    return index, subscriber
+
+
 @contextlib.asynccontextmanager
 async def running(subscriber: KVEventsSubscriber) -> AsyncIterator[KVEventsSubscriber]:
     task = asyncio.create_task(subscriber.run())
@@ -192,11 +211,7 @@ async def test_bind_mode_finds_the_endpoint_from_an_llm_d_topic(context: zmq.asy
 
 async def test_gap_without_replay_clears_the_endpoint_and_counts_it(context: zmq.asyncio.Context) -> None:
     publisher = Publisher(context).bind()
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: publisher.address})])
-    subscriber = KVEventsSubscriber(index)
-    subscriber.attach(pool)
+    index, subscriber = following({ENDPOINT_LABEL: publisher.address})
     async with running(subscriber):
         await joined(publisher, index, "a")
         await publisher.send(stored(0, 3, None))
@@ -211,16 +226,8 @@ async def test_gap_without_replay_clears_the_endpoint_and_counts_it(context: zmq
 
 async def test_gap_with_replay_recovers_the_missing_batches(context: zmq.asyncio.Context) -> None:
     publisher = Publisher(context).bind()
-    router = context.socket(zmq.ROUTER)
-    router.bind("tcp://127.0.0.1:*")
-    requests: list[int] = []
-    server = asyncio.create_task(serve_replay(router, publisher, requests))
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: publisher.address,
-                                   REPLAY_LABEL: router.getsockopt_string(zmq.LAST_ENDPOINT)})])
-    subscriber = KVEventsSubscriber(index)
-    subscriber.attach(pool)
+    replay_address, requests, server = start_replay(context, publisher)
+    index, subscriber = following({ENDPOINT_LABEL: publisher.address, REPLAY_LABEL: replay_address})
     try:
         async with running(subscriber):
             await joined(publisher, index, "a")
@@ -239,15 +246,8 @@ async def test_gap_with_replay_recovers_the_missing_batches(context: zmq.asyncio
 async def test_replay_that_cannot_reach_back_far_enough_falls_back_to_clearing(
         context: zmq.asyncio.Context) -> None:
     publisher = Publisher(context).bind()
-    router = context.socket(zmq.ROUTER)
-    router.bind("tcp://127.0.0.1:*")
-    requests: list[int] = []
-    server = asyncio.create_task(serve_replay(router, publisher, requests))
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: publisher.address})])
-    subscriber = KVEventsSubscriber(index, replay_template=router.getsockopt_string(zmq.LAST_ENDPOINT))
-    subscriber.attach(pool)
+    replay_address, requests, server = start_replay(context, publisher)
+    index, subscriber = following({ENDPOINT_LABEL: publisher.address}, replay_template=replay_address)
     try:
         async with running(subscriber):
             await joined(publisher, index, "a")
@@ -265,11 +265,7 @@ async def test_replay_that_cannot_reach_back_far_enough_falls_back_to_clearing(
 
 async def test_publisher_restart_resets_sequence_and_clears(context: zmq.asyncio.Context) -> None:
     publisher = Publisher(context).bind()
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: publisher.address})])
-    subscriber = KVEventsSubscriber(index)
-    subscriber.attach(pool)
+    index, subscriber = following({ENDPOINT_LABEL: publisher.address})
     async with running(subscriber):
         await joined(publisher, index, "a")
         await publisher.send(stored(0, 3, None))
@@ -284,11 +280,7 @@ async def test_publisher_restart_resets_sequence_and_clears(context: zmq.asyncio
 async def test_malformed_messages_are_counted_and_the_subscriber_keeps_going(
         context: zmq.asyncio.Context) -> None:
     publisher = Publisher(context).bind()
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: publisher.address})])
-    subscriber = KVEventsSubscriber(index)
-    subscriber.attach(pool)
+    index, subscriber = following({ENDPOINT_LABEL: publisher.address})
     async with running(subscriber):
         await joined(publisher, index, "a")
         await publisher.send(stored(0, 2, None))
@@ -304,11 +296,7 @@ async def test_malformed_messages_are_counted_and_the_subscriber_keeps_going(
 
 async def test_bind_mode_keeps_one_sequence_per_data_parallel_rank(context: zmq.asyncio.Context) -> None:
     """vLLM runs one publisher per DP rank, each numbering from 0, all under the endpoint's topic."""
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a")])
-    subscriber = KVEventsSubscriber(index, mode="bind", bind_address="tcp://127.0.0.1:*")
-    subscriber.attach(pool)
+    index, subscriber = following({}, mode="bind", bind_address="tcp://127.0.0.1:*")
     assert subscriber.bound_address is not None
     topic = b"kv@a@model"
     rank0 = Publisher(context, topic=topic).connect(subscriber.bound_address)
@@ -332,16 +320,8 @@ async def test_bind_mode_keeps_one_sequence_per_data_parallel_rank(context: zmq.
 async def test_publisher_restart_after_a_disconnect_is_a_reset_never_replayed(
         context: zmq.asyncio.Context) -> None:
     first = Publisher(context).bind()
-    router = context.socket(zmq.ROUTER)
-    router.bind("tcp://127.0.0.1:*")
-    requests: list[int] = []
-    server = asyncio.create_task(serve_replay(router, first, requests))
-    index = KVBlockIndex()
-    pool = EndpointPool()
-    pool.replace_all([member("a", {ENDPOINT_LABEL: first.address,
-                                   REPLAY_LABEL: router.getsockopt_string(zmq.LAST_ENDPOINT)})])
-    subscriber = KVEventsSubscriber(index)
-    subscriber.attach(pool)
+    replay_address, requests, server = start_replay(context, first)
+    index, subscriber = following({ENDPOINT_LABEL: first.address, REPLAY_LABEL: replay_address})
     try:
         async with running(subscriber):
             await joined(first, index, "a")
