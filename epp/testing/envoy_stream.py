@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
-__all__ = ["ExtProcClient", "ScriptedStream", "StreamResult", "body_message", "request_headers_message",
+__all__ = ["ExtProcClient", "ScriptedStream", "StreamResult", "body_message", "request_headers_message", "routed_to",
            "response_headers_message", "trailers_message"]
 
 _FULL_DUPLEX = modes.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -225,6 +225,14 @@ class ExtProcClient:
             await call.done_writing()
         await asyncio.wait_for(reading, max(0.01, deadline - asyncio.get_running_loop().time()))
         return result
+
+
+async def routed_to(address: str, model: str = "m") -> str | None:
+    """Where the picker at ``address`` routes one small completion request (one stream, then closed)."""
+    body = b'{"model": "%s", "prompt": "hello", "max_tokens": 1}' % model.encode()
+    async with ExtProcClient(address) as envoy:
+        result = await envoy.exchange(body)
+    return result.destination
 
 
 def request_headers_message(headers: Sequence[tuple[str, bytes]], end_of_stream: bool = False,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import orjson
 import pytest
 
 from epp.server.app import PickerServer
-from epp.testing import ExtProcClient
+from epp.testing.envoy_stream import routed_to
 from epp.testing.pages import MetricsPage
+from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -66,20 +65,14 @@ async def pages() -> AsyncIterator[list[GaugePage]]:
 
 
 async def until_scraped(server: PickerServer, expected: dict[str, float]) -> None:
-    for _ in range(250):  # 5 s at most
-        seen = {ep.name: ep.custom["custom_backlog"].value for ep in server.pool.endpoints()
+    def seen() -> dict[str, float]:
+        return {ep.name: ep.custom["custom_backlog"].value for ep in server.pool.endpoints()
                 if "custom_backlog" in ep.custom}
-        if seen == expected:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"custom gauge not scraped as {expected}, last seen {seen}")
+    await eventually(lambda: seen() == expected, what=f"custom gauge scraped as {expected}")
 
 
 async def route(server: PickerServer) -> str | None:
-    body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 1})
-    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy:
-        result = await envoy.exchange(body)
-    return result.destination
+    return await routed_to(f"127.0.0.1:{server.grpc_port}")
 
 
 async def test_requests_follow_the_lower_custom_gauge(start_picker: PickerFactory, pages: list[GaugePage]) -> None:

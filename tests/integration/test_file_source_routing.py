@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import orjson
 
 from epp.server.app import PickerServer
-from epp.testing import ExtProcClient
+from epp.testing.envoy_stream import routed_to
+from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
 
@@ -53,20 +53,13 @@ def write_backlogs(path: Path, first: float, second: float) -> None:
 
 
 async def until_read(server: PickerServer, expected: dict[str, float]) -> None:
-    seen: dict[str, float] = {}
-    for _ in range(250):  # 5 s at most
-        seen = {ep.name: ep.custom["backlog"].value for ep in server.pool.endpoints() if "backlog" in ep.custom}
-        if seen == expected:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"backlog not read from the file as {expected}, last seen {seen}")
+    def seen() -> dict[str, float]:
+        return {ep.name: ep.custom["backlog"].value for ep in server.pool.endpoints() if "backlog" in ep.custom}
+    await eventually(lambda: seen() == expected, what=f"backlog read from the file as {expected}")
 
 
 async def route(server: PickerServer) -> str | None:
-    body = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 1})
-    async with ExtProcClient(f"127.0.0.1:{server.grpc_port}") as envoy:
-        result = await envoy.exchange(body)
-    return result.destination
+    return await routed_to(f"127.0.0.1:{server.grpc_port}")
 
 
 async def test_requests_follow_the_lower_backlog_in_the_file(start_picker: PickerFactory, tmp_path: Path) -> None:
