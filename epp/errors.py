@@ -15,15 +15,25 @@ Hierarchy::
     ConfigError                 the EndpointPickerConfig or a CLI flag is invalid; names the field
 
 Only the ext_proc server turns a ``PickerError`` into a response (``status_code`` and
-``body``), so the status mapping lives in exactly one place: the class attribute below.
-The body text follows the Go EPP (``inference error: <Code> - <message>``) so log
-parsers and tests written for it keep working.
+``body``), so the status mapping lives in exactly one place: the class attributes below.
+
+Two body shapes: ``body`` is the Go EPP's text (``inference error: <Code> - <message>``),
+which log parsers and tests written for it expect; ``openai_body()`` wraps that same text
+in the error object vLLM and every OpenAI client speak, so an SDK shows the reason instead
+of a generic "unexpected response"::
+
+    {"error": {"message": "inference error: BadRequest - ...", "type": "BadRequestError",
+               "param": null, "code": 400}}
+
+``type`` is the name OpenAI's SDKs give the status (and vLLM uses for 400/404/500).
 """
 
 from __future__ import annotations
 
 import reprlib
 from typing import Any, ClassVar
+
+import orjson
 
 __all__ = [
     "MAX_SHOWN",
@@ -47,49 +57,63 @@ class PickerError(Exception):
 
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "Internal"
+    openai_type: ClassVar[str] = "InternalServerError"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request field at fault, when there is one (OpenAI's ``param``).
+        self.param = param
 
     @property
     def body(self) -> str:
         return f"inference error: {self.code} - {self.message}"
 
+    def openai_body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.body, "type": self.openai_type, "param": self.param,
+                                       "code": self.status_code}})
+
 
 class BadRequest(PickerError):
     status_code = 400
     code = "BadRequest"
+    openai_type = "BadRequestError"
 
 
 class Unauthorized(PickerError):
     status_code = 401
     code = "Unauthorized"
+    openai_type = "AuthenticationError"
 
 
 class Forbidden(PickerError):
     status_code = 403
     code = "Forbidden"
+    openai_type = "PermissionDeniedError"
 
 
 class NotFound(PickerError):
     status_code = 404
     code = "NotFound"
+    openai_type = "NotFoundError"
 
 
 class ResourceExhausted(PickerError):
     status_code = 429
     code = "ResourceExhausted"
+    openai_type = "RateLimitError"
 
 
 class InternalError(PickerError):
     status_code = 500
     code = "Internal"
+    openai_type = "InternalServerError"
 
 
 class ServiceUnavailable(PickerError):
     status_code = 503
     code = "ServiceUnavailable"
+    openai_type = "ServiceUnavailableError"
 
 
 # Longest value shown in an error message.
@@ -132,3 +156,4 @@ class ConfigError(ValueError):
 class PayloadTooLarge(PickerError):
     status_code = 413
     code = "PayloadTooLarge"
+    openai_type = "RequestTooLargeError"

@@ -114,12 +114,18 @@ def streamed_body(body: bytes, end_of_stream: bool, request: bool) -> list[pb.Pr
     return [_streamed_chunk(body[i : i + BODY_CHUNK_LIMIT], end_of_stream and i == last, request) for i in starts]
 
 
-def immediate_response(error: PickerError) -> pb.ProcessingResponse:
+def immediate_response(error: PickerError, plain: bool = False) -> pb.ProcessingResponse:
+    """The picker's own answer: OpenAI's JSON error object by default, the Go EPP's exact
+    ``text/plain`` body with ``plain`` (``--plain-errors``)."""
     response = pb.ProcessingResponse()
     immediate = response.immediate_response
     immediate.status.code = error.status_code
-    _fill_mutation(immediate.headers, [("content-type", "text/plain; charset=utf-8")], ())
-    immediate.body = error.body.encode()
+    if plain:
+        _fill_mutation(immediate.headers, [("content-type", "text/plain; charset=utf-8")], ())
+        immediate.body = error.body.encode()
+    else:
+        _fill_mutation(immediate.headers, [("content-type", "application/json")], ())
+        immediate.body = error.openai_body()
     return response
 
 

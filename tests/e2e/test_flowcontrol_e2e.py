@@ -32,6 +32,7 @@ from e2e_support import SIM_ARGS, Reply, completion, post  # type: ignore[import
 
 from epp.devstack.envoy import CONTROL_REQUEST_HEADERS
 from epp.devstack.stack import Stack
+from epp.testing.errors import error_message
 from epp.testing.waiting import eventually as wait_for_condition
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +128,7 @@ async def test_interactive_requests_are_served_first_while_batch_waits_or_is_she
             # The batch band takes 6; the other 14 are refused at once, while the pool is full.
             shed = await _first_done(batch, 20 - BATCH_BAND_REQUESTS)
             assert Counter(task.result().status for task in shed) == {429: 20 - BATCH_BAND_REQUESTS}
-            assert next(iter(shed)).result().body.startswith(b"inference error: ResourceExhausted - ")
+            assert error_message(next(iter(shed)).result().body).startswith("inference error: ResourceExhausted - ")
             normal = [send("normal", i, None) for i in range(3)]
             interactive = [send("interactive", i, "interactive") for i in range(5)]
 

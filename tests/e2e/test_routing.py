@@ -12,6 +12,7 @@ import orjson
 from e2e_support import MODEL, chat, completion, post, post_many  # type: ignore[import-not-found]
 
 from epp.devstack.stack import Stack
+from epp.testing.errors import error_message
 
 SYSTEM = ("You are the support assistant of a bicycle shop. Be brief, cite the warranty section, and "
           "never promise delivery dates you cannot check. ") * 25
@@ -60,7 +61,7 @@ async def test_malformed_json_gets_400_through_envoy(stack: Stack) -> None:
         missing_model = await post(session, stack.url, orjson.dumps({"prompt": "hi"}))
         fine = await post(session, stack.url, completion())
     assert reply.status == 400
-    assert reply.body.startswith(b"inference error: BadRequest - ")
+    assert error_message(reply.body).startswith("inference error: BadRequest - ")
     assert missing_model.status == 400
     assert b"model not found in request body" in missing_model.body
     assert fine.status == 200

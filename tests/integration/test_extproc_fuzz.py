@@ -5,9 +5,9 @@ message orders and early ends) run next to an ordinary request. The properties:
 
 - the stream ends within a time bound, and the picker keeps serving;
 - a stream either gets a destination or an ImmediateResponse with a documented status
-  (400, 413, 429, 500, 503) and the body ``inference error: <Code> - <message>``; a stream
-  whose messages come in Envoy's order never gets a 500 (``STREAMED`` mode excepted, a
-  documented refusal), and an unexpected exception is never the answer;
+  (400, 413, 429, 500, 503) and an OpenAI error object whose message is
+  ``inference error: <Code> - <message>``; a stream whose messages come in Envoy's order
+  never gets a 500 (``STREAMED`` mode excepted, a documented refusal), and an unexpected exception is never the answer;
 - the ordinary request next to it is routed;
 - afterwards nothing is held for either: the running gauge is 0 for every model, the
   in-flight requests, tokens and prefill backlog are 0 on every endpoint, and each
@@ -335,7 +335,9 @@ def check_answer(case: Case, responses: list[pb.ProcessingResponse], routed: lis
     if immediate:
         status, body = int(immediate[0].status.code), immediate[0].body.decode("utf-8", "replace")
         assert status in DOCUMENTED, (status, body)
-        match = ERROR_BODY.fullmatch(body)
+        error = orjson.loads(immediate[0].body)["error"]  # OpenAI's error object, as vLLM answers
+        assert error["code"] == status, body
+        match = ERROR_BODY.fullmatch(error["message"])
         assert match is not None, body
         assert match.group(1) == DOCUMENTED[status], (status, body)
         assert not UNEXPECTED.search(match.group(2)), f"an unexpected exception answered the request: {body}"

@@ -8,6 +8,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mod
 
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
+from epp.testing.errors import error_message
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ENDPOINTS = {"10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"}
@@ -59,7 +60,7 @@ async def test_bad_requests_get_400_with_the_go_epp_message(envoy: ExtProcClient
     result = await envoy.exchange(body)
     assert result.status == 400
     assert result.immediate is not None
-    assert result.immediate.body.decode().startswith("inference error: BadRequest - ")
+    assert error_message(result.immediate.body).startswith("inference error: BadRequest - ")
     assert message in result.immediate.body.decode()
 
 

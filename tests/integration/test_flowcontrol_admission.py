@@ -30,6 +30,7 @@ from epp.flowcontrol.saturation import ConcurrencyDetector
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
 from epp.testing.envoy_stream import ScriptedStream, body_message, request_headers_message, response_headers_message
+from epp.testing.errors import error_message
 from epp.testing.waiting import eventually
 
 PickerFactory = Callable[..., Awaitable[PickerServer]]
@@ -206,7 +207,7 @@ async def test_a_request_beyond_max_requests_is_refused_with_429(start_picker: P
         assert await answer(refused) == 429
         immediate = refused.result.immediate
         assert immediate is not None
-        assert immediate.body.decode().startswith("inference error: ResourceExhausted - ")
+        assert error_message(immediate.body).startswith("inference error: ResourceExhausted - ")
         assert "maxRequests" in immediate.body.decode()
         assert not answered(waiter)  # the refusal did not disturb the queued request
         await complete(holder)
@@ -225,7 +226,7 @@ async def test_a_request_that_outlives_its_ttl_in_the_queue_gets_503(start_picke
         assert await answer(expired) == 503
         immediate = expired.result.immediate
         assert immediate is not None
-        assert immediate.body.decode().startswith("inference error: ServiceUnavailable - ")
+        assert error_message(immediate.body).startswith("inference error: ServiceUnavailable - ")
         assert "TTL" in immediate.body.decode()
         assert queued(server) == 0
         await eventually(lambda: body_bytes_held(server) == 0, what="body budget given back")
@@ -287,7 +288,7 @@ async def test_without_the_gate_sheddable_requests_get_429_only_while_saturated(
         shed = await envoy.exchange(completion(), headers=batch)
         assert shed.status == 429
         assert shed.immediate is not None
-        assert shed.immediate.body.decode().startswith("inference error: ResourceExhausted - ")
+        assert error_message(shed.immediate.body).startswith("inference error: ResourceExhausted - ")
         kept = await envoy.exchange(completion(), abort_after_request=True)  # priority 0: never shed
         assert kept.destination == ONE_ENDPOINT
         unknown = await envoy.exchange(completion(), headers={"x-gateway-inference-objective": "no-such-objective"},

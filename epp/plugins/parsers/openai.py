@@ -31,7 +31,11 @@ from epp.requests.gojson import go_json, sorted_maps
 from epp.requests.limits import TOO_DEEP_MESSAGE, check_body_depth, check_model_name
 from epp.requests.types import ApiKind
 
-__all__ = ["OpenAIParser", "api_for_path", "request_path"]
+__all__ = ["MISSING_MODEL_MESSAGE", "OpenAIParser", "api_for_path", "request_path"]
+
+# Starts with the Go EPP's text, so log searches written for it still match.
+MISSING_MODEL_MESSAGE = ("model not found in request body: the gateway routes by model name and has no default "
+                         "model; set \"model\" to one of the served models")
 
 _SUFFIXES = (
     ("/conversations", ApiKind.CONVERSATIONS),
@@ -75,7 +79,7 @@ def _content(value: Any) -> Any:
         blocks = []
         for block in value:
             if not isinstance(block, dict):
-                raise BadRequest("invalid chat completions request: must have valid messages field")
+                raise BadRequest("invalid chat completions request: must have valid messages field", param="messages")
             image, audio, video = (_object_field(block, key) for key in ("image_url", "input_audio", "video_url"))
             out: dict[str, Any] = {"type": block.get("type", "")}
             if block.get("text"):
@@ -85,16 +89,16 @@ def _content(value: Any) -> Any:
             out["video_url"] = {"url": video["url"]} if video.get("url") else {}
             blocks.append(out)
         return blocks
-    raise BadRequest("invalid chat completions request: must have valid messages field")
+    raise BadRequest("invalid chat completions request: must have valid messages field", param="messages")
 
 
 def _chat_prompt(messages: Any) -> bytes:
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("invalid chat completions request: must have valid messages field")
+        raise BadRequest("invalid chat completions request: must have valid messages field", param="messages")
     shaped = []
     for message in messages:
         if not isinstance(message, dict):
-            raise BadRequest("invalid chat completions request: must have valid messages field")
+            raise BadRequest("invalid chat completions request: must have valid messages field", param="messages")
         entry: dict[str, Any] = {}
         if message.get("role"):
             entry["role"] = message["role"]
@@ -113,7 +117,7 @@ def _completions_prompt(prompt: Any) -> bytes:
             isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt
         ):
             return b""  # token ids: routable, but nothing to hash as text
-    raise BadRequest("invalid completions request: must have prompt field")
+    raise BadRequest("invalid completions request: must have prompt field", param="prompt")
 
 
 def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
@@ -124,7 +128,7 @@ def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
             return _chat_prompt(body.get("messages"))
         case ApiKind.RESPONSES:
             if body.get("input") is None:
-                raise BadRequest("invalid responses request: must have input field")
+                raise BadRequest("invalid responses request: must have input field", param="input")
             # Go marshals [{"instructions":..},{"tools":..},{"input":..}]. Writing each value on
             # its own gives the same bytes without two wrapper levels, so every body within
             # the depth limit can be hashed.
@@ -134,7 +138,7 @@ def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
         case ApiKind.CONVERSATIONS:
             items = body.get("items")
             if not isinstance(items, list) or not items:
-                raise BadRequest("invalid conversations request: must have items field")
+                raise BadRequest("invalid conversations request: must have items field", param="items")
             # Go's ConversationItem struct: fields in declaration order, empty ones omitted;
             # the free-form content is a Go map, so its keys are sorted.
             shaped = []
@@ -150,7 +154,7 @@ def _prompt(api: ApiKind, body: dict[str, Any]) -> bytes:
             return go_json(shaped)
         case ApiKind.EMBEDDINGS:
             if body.get("input") in (None, "", []):
-                raise BadRequest("invalid embeddings request: must have input field")
+                raise BadRequest("invalid embeddings request: must have input field", param="input")
             return go_json(body["input"], sort_keys=True)
 
 
@@ -171,13 +175,15 @@ class OpenAIParser(BasePlugin):
         check_body_depth(body, parsed)
         model = parsed.get("model")
         if not isinstance(model, str) or not model:
-            raise BadRequest("model not found in request body")
+            # vLLM itself falls back to its served model; a gateway routes by model, so it
+            # cannot guess one (the Go EPP's rule). The text says so for the client.
+            raise BadRequest(MISSING_MODEL_MESSAGE, param="model")
         check_model_name(model, "request body")
         path = request_path(headers)
         api = api_for_path(path)
         salt = parsed.get("cache_salt")
         if salt is not None and not isinstance(salt, str):
-            raise BadRequest("cache_salt must be a string")
+            raise BadRequest("cache_salt must be a string", param="cache_salt")
         return ParsedBody(
             api=api, path=path, model=model, body=parsed, stream=parsed.get("stream") is True,
             cache_salt=salt or "", prompt=_prompt(api, parsed),
