@@ -10,7 +10,8 @@ that made the GIE default profile 2x worse than round-robin at p90 TTFT
 So when a request is routed, the endpoint's ``Metrics`` gain an estimate: one more
 waiting request (as far as the picker knows it is queued there until a scrape shows where
 it is), and KV usage grown by the prompt tokens the endpoint does not already hold
-(prefix-matched blocks excluded). ``update_time`` is kept: this is still the old scrape,
+(prefix-matched blocks excluded; bytes become tokens by the model's learned characters per token,
+``epp.datalayer.token_ratio``). ``update_time`` is kept: this is still the old scrape,
 adjusted. Scorers keep their GIE semantics; they just read fresher numbers.
 
 Each dispatch is kept with its time until a scrape settles it, so that:
@@ -40,13 +41,17 @@ from epp.framework.attributes import CHARS_PER_TOKEN
 __all__ = ["account_dispatch"]
 
 
-def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int = 0, now: float | None = None) -> None:
-    """Count a routed request on ``endpoint`` until a scrape shows it; ``now`` is ``time.monotonic()``."""
+def account_dispatch(endpoint: Endpoint, prompt_bytes: int, cached_tokens: int = 0, now: float | None = None,
+                     chars_per_token: float = CHARS_PER_TOKEN) -> None:
+    """Count a routed request on ``endpoint`` until a scrape shows it; ``now`` is ``time.monotonic()``.
+
+    ``chars_per_token``: the request's model's (``request_chars_per_token``), 4 by default.
+    """
     scraped = endpoint.scraped_metrics
     if scraped.update_time == 0.0:
         return  # never scraped: nothing to adjust, and no capacity to scale by
     capacity = scraped.cache_block_size * scraped.cache_num_blocks
     kv_fraction = 0.0
     if capacity > 0:
-        kv_fraction = max(0, prompt_bytes // CHARS_PER_TOKEN - cached_tokens) / capacity
+        kv_fraction = max(0, int(prompt_bytes / chars_per_token) - cached_tokens) / capacity
     endpoint.add_dispatch(time.monotonic() if now is None else now, kv_fraction)

@@ -9,6 +9,10 @@ defined here, and consumers read that value.
   and ``prefill-load-scorer``.
 - ``LatencyPredictions`` is written by ``predicted-latency-producer`` and read by
   ``latency-scorer``, ``slo-headroom-tier-filter`` and ``latency-slo-admitter``.
+- ``CHARS_PER_TOKEN_KEY`` (in ``InferenceRequest.plugin_state``, not the cycle state, so
+  that hooks after scheduling read it too) is written by ``approx-prefix-cache-producer``:
+  the characters per token learned for the request's target model. Every token estimate
+  made from prompt bytes (``request_prompt_tokens``) uses it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "CHARS_PER_TOKEN_KEY",
     "INFLIGHT_LOAD_KEY",
     "LATENCY_PREDICTIONS_KEY",
     "PREFIX_MATCH_KEY",
@@ -35,12 +40,15 @@ __all__ = [
     "latency_predictions",
     "prefix_match",
     "prompt_tokens",
+    "request_chars_per_token",
     "request_prompt_tokens",
 ]
 
 # The picker has no tokenizer: like the Go EPP it counts 4 bytes of prompt per token, for
-# prefix blocks, prefill estimates and KV estimates alike.
+# prefix blocks, prefill estimates and KV estimates alike, until the prefix producer has
+# learned a model's own ratio from responses (epp/datalayer/token_ratio.py).
 CHARS_PER_TOKEN = 4
+CHARS_PER_TOKEN_KEY = "CharsPerTokenKey"
 
 # Same key name as the Go EPP's attribute, for readers of both code bases.
 PREFIX_MATCH_KEY = "PrefixCacheMatchInfoKey"
@@ -74,9 +82,9 @@ class PrefixMatch:
 _EMPTY = PrefixMatch(0, 0)
 
 
-def prompt_tokens(prompt_bytes: int) -> int:
+def prompt_tokens(prompt_bytes: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
     """Estimated prompt tokens of a prompt of that many bytes (at least 1)."""
-    return max(1, prompt_bytes // CHARS_PER_TOKEN)
+    return max(1, int(prompt_bytes / chars_per_token))
 
 
 def prefix_match(cycle: CycleState) -> PrefixMatch:
@@ -85,9 +93,15 @@ def prefix_match(cycle: CycleState) -> PrefixMatch:
     return value if isinstance(value, PrefixMatch) else _EMPTY
 
 
+def request_chars_per_token(request: InferenceRequest) -> float:
+    """Characters per token for this request's model: learned, or 4 when no producer learned one."""
+    value = request.plugin_state.get(CHARS_PER_TOKEN_KEY)
+    return value if isinstance(value, float) else CHARS_PER_TOKEN
+
+
 def request_prompt_tokens(request: InferenceRequest) -> int:
     """Estimated prompt tokens (body size when there is no prompt text, e.g. token ids)."""
-    return prompt_tokens(len(request.prompt) or request.size_bytes)
+    return prompt_tokens(len(request.prompt) or request.size_bytes, request_chars_per_token(request))
 
 
 class InFlightLoad:

@@ -136,13 +136,16 @@ def build_admin_app(
     config_text: str | None = None,
     options: Mapping[str, Any] | None = None,
     endpoint_details: Callable[[str], Mapping[str, Any]] | None = None,
+    pool_details: Callable[[], Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The admin server. ``pages``: more JSON snapshots, served at ``/debug/<name>``.
 
     ``settings``: rate limit and clocks (defaults: 100/s, burst 200). ``config``,
     ``config_text`` (the text it was loaded from; ``None`` or blank: the default config)
     and ``options`` (the serve options, e.g. ``dataclasses.asdict(ServeOptions)``) feed
-    ``/debug/config``.
+    ``/debug/config``. ``endpoint_details`` adds plugin state to each endpoint of
+    ``/debug/endpoints``, ``pool_details`` adds pool-wide plugin state (e.g. characters per
+    token learned per model) beside the list.
     """
     settings = settings if settings is not None else AdminSettings()
 
@@ -179,7 +182,8 @@ def build_admin_app(
                 "passiveHealth": outlier_view(ep, now),
                 **(endpoint_details(ep.name) if endpoint_details is not None else {}),
             })
-        return json_response({"pool": pool.name, "endpoints": out})
+        return json_response({"pool": pool.name, "endpoints": out,
+                              **(pool_details() if pool_details is not None else {})})
 
     async def recent_decisions(request: web.Request) -> web.Response:
         raw = request.query.get("limit", "20")

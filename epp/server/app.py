@@ -47,6 +47,7 @@ from epp.framework.plugin import BackgroundWork, Handle
 from epp.framework.registry import Registry
 from epp.metrics import FlowControlMetrics, PickerMetrics, PredictionMetrics
 from epp.plugins import default_registry
+from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugins.slo.producer import PredictedLatencyProducer
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
@@ -335,6 +336,14 @@ class PickerServer:
                 details["kvEvents"] = stats(name)
         return details
 
+    def pool_details(self) -> dict[str, Any]:
+        """Pool-wide plugin state for ``/debug/endpoints``: characters per token learned per
+        model by each prefix producer (a model's value, not an endpoint's)."""
+        plugins = self.config.plugins.values() if self.config is not None else ()
+        learned = {str(p.typed_name): p.chars_per_token_snapshot() for p in plugins
+                   if isinstance(p, ApproxPrefixCacheProducer)}
+        return {"charsPerToken": learned}
+
     def _predictors(self) -> list[PredictedLatencyProducer]:
         plugins = self.config.plugins.values() if self.config is not None else ()
         return [p for p in plugins if isinstance(p, PredictedLatencyProducer)]
@@ -409,7 +418,8 @@ class PickerServer:
                               self._admin_token, self.debug_state,
                               {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state},
                               settings=self._admin_settings, config=self.config, config_text=self._config_source,
-                              options=dataclasses.asdict(opts), endpoint_details=self.endpoint_details)
+                              options=dataclasses.asdict(opts), endpoint_details=self.endpoint_details,
+                              pool_details=self.pool_details)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)

@@ -31,6 +31,13 @@ def test_a_dispatch_adds_a_waiting_request_and_its_uncached_kv(make_endpoint: An
     assert ep.metrics.update_time == 5.0  # still the old scrape, adjusted
 
 
+def test_the_kv_estimate_uses_the_models_characters_per_token(make_endpoint: Any) -> None:
+    ep = make_endpoint("a")
+    ep.metrics = scraped(kv_cache_usage_percent=0.25)
+    account_dispatch(ep, prompt_bytes=16_000, cached_tokens=1000, chars_per_token=2.0)  # 8000 tokens, 7000 new
+    assert ep.metrics.kv_cache_usage_percent == pytest.approx(0.25 + 7000 / 16_000)
+
+
 def test_kv_usage_never_exceeds_one(make_endpoint: Any) -> None:
     ep = make_endpoint("a")
     ep.metrics = scraped(kv_cache_usage_percent=0.9)

@@ -8,7 +8,7 @@ import pytest
 import xxhash
 
 from epp.framework.attributes import CHARS_PER_TOKEN
-from epp.plugins.prefix.hashing import hash_prompt
+from epp.plugins.prefix.hashing import block_bytes, hash_prompt
 
 BLOCK_TOKENS = 4
 BLOCK = BLOCK_TOKENS * CHARS_PER_TOKEN  # 16 bytes
@@ -126,3 +126,19 @@ def test_block_size_is_four_bytes_per_token() -> None:
     assert CHARS_PER_TOKEN == 4
     assert len(hash_prompt(b"x" * 64, "m", "", 16, 256)) == 1
     assert len(hash_prompt(b"x" * 63, "m", "", 16, 256)) == 0
+
+
+def test_a_learned_ratio_sizes_the_blocks_in_bytes() -> None:
+    # CPU vLLM's 128-token blocks: 512 bytes at the default ratio, 282 at 2.2 chars/token (code).
+    assert (block_bytes(128), block_bytes(128, 2.2)) == (512, 282)
+    prompt = text(300)
+    assert hash_prompt(prompt, "m", "", 128, 256) == []
+    learned = hash_prompt(prompt, "m", "", 128, 256, chars_per_token=2.2)
+    assert hash_prompt(prompt[:282] + b"y" * 30, "m", "", 128, 256, 2.2)[0] == learned[0]
+    assert len(learned) == 2  # one full block of 282 bytes and the 18-byte tail
+
+
+def test_blocks_hashed_at_another_ratio_never_match() -> None:
+    prompt = text(40 * BLOCK)
+    assert not set(hash_prompt(prompt, "m", "", BLOCK_TOKENS, 256)) & set(
+        hash_prompt(prompt, "m", "", BLOCK_TOKENS, 256, chars_per_token=2.2))

@@ -12,8 +12,15 @@ from prometheus_client import CollectorRegistry
 from epp.datalayer.endpoint import EndpointMetadata
 from epp.datalayer.pool import EndpointPool
 from epp.errors import ConfigError
-from epp.framework.attributes import PREFIX_MATCH_KEY, PrefixMatch
+from epp.framework.attributes import (
+    CHARS_PER_TOKEN_KEY,
+    PREFIX_MATCH_KEY,
+    PrefixMatch,
+    request_chars_per_token,
+    request_prompt_tokens,
+)
 from epp.framework.plugin import Handle
+from epp.framework.requestcontrol import ResponseInfo, Usage
 from epp.framework.scheduling import CycleState
 from epp.plugins import default_registry
 from epp.plugins.prefix.hashing import hash_prompt
@@ -216,3 +223,95 @@ async def test_indexer_metrics_report_size_and_hit_ratio(make_endpoint: Any, mak
     assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_ratio_count") == 2
     assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_ratio_sum") == 1.0
     assert metrics.get_sample_value("inference_extension_prefix_indexer_hit_bytes_sum") == 4 * BLOCK
+
+
+# --- characters per token, learned from responses -----------------------------------------------
+
+CODE_PROMPT = bytes(range(40, 115)) * 4  # 300 bytes
+
+
+def responded(producer: Any, request: Any, prompt_tokens: int | None, completed: bool = True) -> None:
+    """The response ended; its usage (if any) carried ``prompt_tokens``."""
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=5) if prompt_tokens is not None else None
+    producer.response_complete(request, ResponseInfo(status=200, usage=usage, completed=completed))
+
+
+async def serve(producer: Any, endpoint: Any, routed: Any, make_request: Any, prompt: bytes, prompt_tokens: int,
+                model: str = "m") -> None:
+    """One request routed to ``endpoint`` and answered with usage (the prompt is released in between)."""
+    request = make_request(prompt, target_model=model)
+    await route(producer, request, [endpoint], routed(endpoint))
+    request.release_payload()
+    responded(producer, request, prompt_tokens)
+
+
+async def test_a_short_code_prompt_gets_affinity_once_the_ratio_is_learned(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    # CPU vLLM's 128-token blocks: at 4 chars/token a block is 512 bytes, so 300 bytes never match.
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a", cache_block_size=128)
+    await route(producer, make_request(CODE_PROMPT), [a], routed(a))
+    assert (await prepare(producer, make_request(CODE_PROMPT), [a])).total_blocks == 0
+    for i in range(8):  # the tokenizer reads code at 2.2 chars/token
+        await serve(producer, a, routed, make_request, bytes([65 + i]) * 660, 300)
+    assert producer.chars_per_token_snapshot() == {"m": {"charsPerToken": 2.2, "learned": 2.2, "samples": 8}}
+    await route(producer, make_request(CODE_PROMPT), [a], routed(a))
+    again = await prepare(producer, make_request(CODE_PROMPT), [a])
+    assert again == PrefixMatch(total_blocks=2, block_size_tokens=128, matches={"a": 2})
+
+
+async def test_token_estimates_use_the_learned_ratio_of_the_requests_model(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    for _ in range(8):
+        await serve(producer, a, routed, make_request, b"x" * 2000, 1000, model="coder")
+    coder, other = make_request(b"y" * 1000, target_model="coder"), make_request(b"y" * 1000, target_model="chat")
+    assert request_prompt_tokens(coder) == 250  # before the producer ran: the default 4
+    await prepare(producer, coder, [a])
+    await prepare(producer, other, [a])
+    assert (request_chars_per_token(coder), request_prompt_tokens(coder)) == (2.0, 500)
+    assert (request_chars_per_token(other), request_prompt_tokens(other)) == (4.0, 250)
+
+
+async def test_a_ratio_change_invalidates_the_models_old_entries(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    # Entries hashed at 4 chars/token stop matching once 2 is adopted (blocks of another
+    # length); the next request re-records the prefix at the new size.
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT), [a], routed(a))
+    assert (await prepare(producer, make_request(PROMPT), [a])).matches == {"a": 4}
+    for _ in range(8):
+        await serve(producer, a, routed, make_request, b"x" * 2000, 1000)
+    assert (await prepare(producer, make_request(PROMPT), [a])).matches == {}
+    await route(producer, make_request(PROMPT), [a], routed(a))
+    assert (await prepare(producer, make_request(PROMPT), [a])) == PrefixMatch(8, 16, {"a": 8})
+
+
+@pytest.mark.parametrize(
+    ("prompt", "prompt_tokens", "completed"),
+    [
+        pytest.param(PROMPT, None, True, id="no usage in the response"),
+        pytest.param(PROMPT, 0, True, id="zero prompt tokens"),
+        pytest.param(PROMPT, 100, False, id="the response did not complete"),
+        pytest.param(b"", 100, True, id="no prompt text (token ids)"),
+        pytest.param(PROMPT, 10_000, True, id="an implausible ratio"),
+    ],
+)
+async def test_responses_that_say_nothing_about_the_tokenizer_are_ignored(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any, prompt: bytes, prompt_tokens: int | None,
+    completed: bool,
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    request = make_request(prompt)
+    await route(producer, request, [a], routed(a))
+    request.release_payload()
+    responded(producer, request, prompt_tokens, completed)
+    assert producer.chars_per_token_snapshot() == {}
+    assert request.plugin_state == {CHARS_PER_TOKEN_KEY: 4.0}  # nothing of the producer's own is left behind
+    assert producer.debug_sizes()["tokenRatioModels"] == 0

@@ -9,7 +9,7 @@ prefix producer owns, so it needs no other plugin's class.
 from __future__ import annotations
 
 from epp.datalayer.dispatch import account_dispatch
-from epp.framework.attributes import prefix_match
+from epp.framework.attributes import prefix_match, request_chars_per_token
 from epp.framework.plugin import BasePlugin, TypedName
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.requests.types import InferenceRequest
@@ -28,4 +28,5 @@ class DispatchAccounting(BasePlugin):
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         primary = result.primary.endpoints[0]
         cached = prefix_match(cycle).cached_tokens(primary.name)
-        account_dispatch(primary, len(request.prompt) or request.size_bytes, cached)
+        account_dispatch(primary, len(request.prompt) or request.size_bytes, cached,
+                         chars_per_token=request_chars_per_token(request))

@@ -3,6 +3,9 @@
 Algorithm (xxhash64, seed 0):
 
 - ``B = blockSizeTokens * 4`` characters (bytes) per block; 4 characters approximate a token.
+  Here the 4 is ``chars_per_token``, learned per model from responses when the producer
+  has samples (``epp.datalayer.token_ratio``), so ``B = round(blockSizeTokens * ratio)``.
+  A block's hash covers its bytes, so blocks hashed at another size never match.
 - A prompt shorter than one block gives no hashes. A prompt longer than
   ``maxBlocks * B`` bytes is truncated to that length.
 - ``h_0 = xxh64(target_model + cache_salt)``: different models or salts never share blocks.
@@ -17,11 +20,17 @@ from xxhash import xxh64_intdigest
 
 from epp.framework.attributes import CHARS_PER_TOKEN
 
-__all__ = ["hash_prompt"]
+__all__ = ["block_bytes", "hash_prompt"]
 
 
-def hash_prompt(prompt: bytes, model: str, cache_salt: str, block_size_tokens: int, max_blocks: int) -> list[int]:
-    block = block_size_tokens * CHARS_PER_TOKEN
+def block_bytes(block_size_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """Bytes of prompt per block of ``block_size_tokens`` tokens."""
+    return round(block_size_tokens * chars_per_token)
+
+
+def hash_prompt(prompt: bytes, model: str, cache_salt: str, block_size_tokens: int, max_blocks: int,
+                chars_per_token: float = CHARS_PER_TOKEN) -> list[int]:
+    block = block_bytes(block_size_tokens, chars_per_token)
     if block <= 0 or max_blocks <= 0 or len(prompt) < block:
         return []
     limit = block * max_blocks

@@ -17,6 +17,12 @@ Parameters (GIE names and defaults):
 - ``blockSize``: deprecated and ignored (a warning at start-up), as in the Go EPP.
 
 Removed endpoints are purged from the index as soon as the pool drops them.
+
+Characters per token are learned per target model (``epp.datalayer.token_ratio``):
+PreRequest keeps the prompt's length, and ResponseComplete folds it in against the usage's
+``prompt_tokens``. PrepareData hashes with the ratio in use for the model (block bytes =
+block tokens x ratio) and publishes it under ``CHARS_PER_TOKEN_KEY`` for every token
+estimate made later in the request. ``chars_per_token_snapshot()`` shows what was learned.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from dataclasses import dataclass
 from prometheus_client import Gauge
 
 from epp.datalayer.endpoint import Endpoint
-from epp.framework.attributes import CHARS_PER_TOKEN, PREFIX_MATCH_KEY, PrefixMatch
+from epp.datalayer.token_ratio import TokenRatios
+from epp.framework.attributes import CHARS_PER_TOKEN_KEY, PREFIX_MATCH_KEY, PrefixMatch, request_chars_per_token
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
+from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.metricfamilies import HistogramFamily
-from epp.plugins.prefix.hashing import hash_prompt
+from epp.plugins.prefix.hashing import block_bytes, hash_prompt
 from epp.plugins.prefix.index import PrefixIndex
 from epp.requests.types import InferenceRequest
 
@@ -78,6 +86,8 @@ class ApproxPrefixCacheProducer(BasePlugin):
             log.warning("%s: blockSize is deprecated and ignored; use blockSizeTokens", self.typed_name)
         self.index = PrefixIndex(self.params.lru_capacity_per_server)
         self._state_key = f"{self.TYPE}/{name}"
+        self._prompt_chars_key = f"{self.TYPE}/{name}/prompt-chars"
+        self.token_ratios = TokenRatios()
         handle.pool.add_listener(self)
         self._hit_ratio: HistogramFamily | None = None
         self._hit_bytes: HistogramFamily | None = None
@@ -111,12 +121,17 @@ class ApproxPrefixCacheProducer(BasePlugin):
 
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
         block_size = self.block_size_tokens(endpoints)
+        chars_per_token = request.plugin_state[CHARS_PER_TOKEN_KEY] = \
+            self.token_ratios.chars_per_token(request.target_model)
         hashes = hash_prompt(request.prompt, request.target_model, request.cache_salt, block_size,
-                             self.max_blocks(block_size))
+                             self.max_blocks(block_size), chars_per_token)
         cycle[PREFIX_MATCH_KEY] = PrefixMatch(len(hashes), block_size, self.index.match(hashes) if hashes else {})
         request.plugin_state[self._state_key] = hashes
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
+        if request.prompt:
+            # The prompt is released once the request is routed; its length is the sample.
+            request.plugin_state[self._prompt_chars_key] = len(request.prompt)
         hashes = request.plugin_state.pop(self._state_key, None)
         if not hashes:
             return
@@ -135,12 +150,23 @@ class ApproxPrefixCacheProducer(BasePlugin):
             matched = match.matches.get(primary.name, 0)
             self._hit_ratio.observe(matched / match.total_blocks)
             assert self._hit_bytes is not None
-            self._hit_bytes.observe(matched * match.block_size_tokens * CHARS_PER_TOKEN)
+            self._hit_bytes.observe(matched * block_bytes(match.block_size_tokens, request_chars_per_token(request)))
+
+    def response_complete(self, request: InferenceRequest, response: ResponseInfo) -> None:
+        prompt_chars = request.plugin_state.pop(self._prompt_chars_key, 0)
+        usage = response.usage
+        if response.completed and usage is not None and prompt_chars:
+            self.token_ratios.observe(request.target_model, prompt_chars, usage.prompt_tokens)
+
+    def chars_per_token_snapshot(self) -> dict[str, dict[str, float | int]]:
+        """Per target model, for ``/debug``: ``charsPerToken`` in use, ``learned``, ``samples``."""
+        return self.token_ratios.snapshot()
 
     def debug_sizes(self) -> dict[str, int]:
         """What the index holds, for ``/debug/state``."""
         stats = self.index.statistics()
-        return {"endpoints": stats.endpoints, "entries": stats.entries, "distinctBlocks": stats.distinct_blocks}
+        return {"endpoints": stats.endpoints, "entries": stats.entries, "distinctBlocks": stats.distinct_blocks,
+                "tokenRatioModels": len(self.token_ratios)}
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None
