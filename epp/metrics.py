@@ -88,6 +88,18 @@ class _PoolCollector(Collector):
         for ep in endpoints:
             per_pod.add_metric([name, ep.name], ep.metrics.waiting_queue_size)
         yield per_pod
+        # The model server's own prefix-cache hit rate (its counters), which is right even when
+        # vLLM leaves prompt_tokens_details out of usage (the default) and the cached-tokens
+        # histogram reads 0.
+        hit_ratio = GaugeMetricFamily(
+            "epp_endpoint_prefix_cache_hit_ratio",
+            "Share of prompt tokens the model server found in its prefix cache over the last 30 s (increase of "
+            "vllm:prefix_cache_hits_total over vllm:prefix_cache_queries_total); absent without lookups.",
+            labels=["pod_name"])
+        for ep in endpoints:
+            if (rate := ep.metrics.prefix_cache_hit_rate) is not None:
+                hit_ratio.add_metric([ep.name], rate)
+        yield hit_ratio
 
 
 class ModelMetrics:

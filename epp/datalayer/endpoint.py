@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from epp.datalayer.cache_counters import HitRateWindow
+
 __all__ = ["ENGINE_LABEL", "CustomValue", "Endpoint", "EndpointMetadata", "Metrics", "OutlierState", "format_hostport"]
 
 # The pod label the Go EPP reads to pick the metric names of a model server's engine.
@@ -69,11 +71,18 @@ class Metrics:
     waiting_queue_size: int = 0
     running_requests_size: int = 0
     kv_cache_usage_percent: float = 0.0  # fraction in [0, 1], as vLLM reports it
-    active_models: frozenset[str] = frozenset()  # LoRA adapters running
-    waiting_models: frozenset[str] = frozenset()  # LoRA adapters waiting
+    active_models: frozenset[str] = frozenset()  # LoRA adapters known to be running
+    waiting_models: frozenset[str] = frozenset()  # LoRA adapters with requests, not known to run
     max_active_models: int = 0  # LoRA slots
     cache_block_size: int = 0  # tokens per KV block
     cache_num_blocks: int = 0  # KV blocks on the device
+    # Lifetime prefix-cache counters (prompt tokens found / looked up) as last scraped, and
+    # the hit rate over the last ~30 s (None: no lookups in that window, or no counters).
+    prefix_cache_hits: float = 0.0
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hit_rate: float | None = None
+    # ``process_start_time_seconds`` of the server (0.0: not reported); a change is a restart.
+    process_start_time: float = 0.0
     update_time: float = 0.0
 
 
@@ -131,7 +140,7 @@ class Endpoint:
     """
 
     __slots__ = ("metadata", "_metrics", "scraped_metrics", "ready", "outlier", "hostport", "name", "custom",
-                 "_dispatches", "_dispatched_kv", "fetch_started", "dispatch_ttl")
+                 "_dispatches", "_dispatched_kv", "fetch_started", "dispatch_ttl", "prefix_cache")
 
     def __init__(self, metadata: EndpointMetadata, metrics: Metrics | None = None) -> None:
         self.metadata = metadata
@@ -147,6 +156,8 @@ class Endpoint:
         # Custom metrics by key (``prometheus-metric`` and other extractors): each key's
         # value is swapped whole, so readers never see a value without its update time.
         self.custom: dict[str, CustomValue] = {}
+        # The scraped prefix-cache counters' recent history (the extractor feeds it).
+        self.prefix_cache = HitRateWindow()
         # Cached because they are read on every request (the address never changes: a
         # new address under the same name is a new Endpoint, see EndpointPool).
         self.hostport = metadata.hostport

@@ -20,6 +20,13 @@ __all__ = ["EndpointPool", "PoolListener", "PoolStatistics"]
 
 
 class PoolListener(Protocol):
+    """Told when members join and leave.
+
+    A listener may also define ``endpoint_restarted(endpoint)``: the same server came back
+    with empty state (``EndpointPool.restarted``). Without it, a restart is a removal
+    followed by an addition.
+    """
+
     def endpoint_added(self, endpoint: Endpoint) -> None: ...
 
     def endpoint_removed(self, endpoint: Endpoint) -> None: ...
@@ -99,6 +106,23 @@ class EndpointPool:
             for listener in self._listeners:
                 listener.endpoint_added(endpoint)
         return added, removed
+
+    def restarted(self, endpoint: Endpoint) -> None:
+        """The server behind ``endpoint`` restarted (its caches are empty): listeners drop what they knew.
+
+        The ``Endpoint`` stays (same name, address and scrape task). Each listener's
+        ``endpoint_restarted`` is called if it has one, else ``endpoint_removed`` then
+        ``endpoint_added``. An endpoint no longer in the pool is ignored.
+        """
+        if self._endpoints.get(endpoint.name) is not endpoint:
+            return
+        for listener in self._listeners:
+            restarted = getattr(listener, "endpoint_restarted", None)
+            if restarted is not None:
+                restarted(endpoint)
+            else:
+                listener.endpoint_removed(endpoint)
+                listener.endpoint_added(endpoint)
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(len(self._all), len(self.ready_endpoints()), self.synced)

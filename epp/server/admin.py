@@ -79,6 +79,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import epp
 from epp.config.defaults import DEFAULT_CONFIG
 from epp.config.loader import PickerConfig
+from epp.datalayer.cache_counters import prefix_cache_view
 from epp.datalayer.collector import Collector
 from epp.datalayer.passive_health import outlier_view
 from epp.datalayer.pool import EndpointPool
@@ -174,6 +175,7 @@ def build_admin_app(
                     "kvCacheUsagePercent": m.kv_cache_usage_percent, "activeModels": sorted(m.active_models),
                     "waitingModels": sorted(m.waiting_models), "maxActiveModels": m.max_active_models,
                     "cacheBlockSize": m.cache_block_size, "cacheNumBlocks": m.cache_num_blocks,
+                    **prefix_cache_view(m), "processStartTime": m.process_start_time or None,
                     "ageSeconds": round(now - m.update_time, 3) if m.update_time else None,
                 },
                 "custom": {key: {"value": c.value, "ageSeconds": round(now - c.update_time, 3)}

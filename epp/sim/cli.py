@@ -70,6 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     eng.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                      help="LoRA adapters known at start")
     eng.add_argument("--max-loras", type=int, default=d["max_loras"], help="adapters resident at once")
+    eng.add_argument("--enable-lora", action="store_true",
+                     help="serve LoRA adapters (implied by --lora-modules) and emit vllm:lora_requests_info")
+    eng.add_argument("--disjoint-lora-lists", action="store_true",
+                     help="vllm:lora_requests_info as vLLM before 0.32 wrote it: running and waiting adapters apart")
     eng.add_argument("--seed", type=int, default=d["seed"], help="seed of ids, outputs and failures")
     eng.add_argument("--stream-interval", type=int, default=d["stream_interval"],
                      help="tokens per streamed chunk")
@@ -141,7 +145,8 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
         "tokenizer_path": tokenizer,
         **{name: getattr(args, name) for name in (
             "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "num_gpu_blocks",
-            "enable_prefix_caching", "max_loras", "seed", "stream_interval", "default_max_tokens",
+            "enable_prefix_caching", "max_loras", "enable_lora", "disjoint_lora_lists", "seed", "stream_interval",
+            "default_max_tokens",
             "step_base", "prefill_per_token", "prefill_attn_per_pair", "decode_per_seq",
             "decode_per_ctx_token", "lora_load_time", "time_scale", "fail_rate", "metrics_delay")},
     }

@@ -95,6 +95,12 @@ class SimConfig:
     enable_prefix_caching: bool = True  # vLLM V1 default
     max_loras: int = 1  # vLLM default
     lora_modules: tuple[LoraModule, ...] = ()
+    # vLLM serves adapters (and emits vllm:lora_requests_info) only with --enable-lora; the
+    # simulator also takes --lora-modules alone as enabling it.
+    enable_lora: bool = False
+    # Older vLLM's vllm:lora_requests_info: running and waiting adapters in separate lists
+    # (0.32 lists every adapter with a request in both).
+    disjoint_lora_lists: bool = False
     seed: int = 0  # vLLM's default seed
     stream_interval: int = 1  # tokens per streamed chunk (vLLM --stream-interval)
     default_max_tokens: int = 128  # output length when a request sets no max_tokens

@@ -253,7 +253,8 @@ def test_extract_swaps_in_a_new_metrics_object(make_extractor: Any, make_endpoin
     ("engine", "series"),
     [
         pytest.param("vllm", {"vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-                              "vllm:lora_requests_info", "vllm:cache_config_info"}, id="vllm"),
+                              "vllm:lora_requests_info", "vllm:cache_config_info", "vllm:prefix_cache_hits_total",
+                              "vllm:prefix_cache_queries_total", "process_start_time_seconds"}, id="vllm"),
         pytest.param("sglang", {"sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:token_usage",
                                 "sglang:cache_config_info"}, id="sglang"),
         pytest.param("trtllm-serve", {"trtllm_num_requests_waiting", "trtllm_num_requests_running",
@@ -314,3 +315,18 @@ def test_a_nan_or_infinite_series_counts_as_missing_and_the_others_still_apply(
                               "vllm:num_requests_waiting, vllm:kv_cache_usage_perc")
     assert ep.metrics == Metrics(waiting_queue_size=7, running_requests_size=5, kv_cache_usage_percent=0.5,
                                  cache_block_size=16, update_time=100.0)
+
+
+def test_a_user_engine_can_name_its_prefix_cache_counters_and_start_time(make_extractor: Any,
+                                                                          make_endpoint: Any) -> None:
+    extractor = make_extractor({"engineConfigs": [{
+        "name": "custom", "queuedRequestsSpec": "q", "runningRequestsSpec": "r", "kvUsageSpec": "kv",
+        "prefixCacheHitsSpec": "hits_total", "prefixCacheQueriesSpec": "lookups_total",
+        "processStartTimeSpec": "started"}]})
+    ep = make_endpoint("e", labels={ENGINE_LABEL: "custom"})
+    for hits, lookups in ((10, 100), (40, 200)):
+        page = f"q 0\nr 0\nkv 0\nhits_total {hits}\nlookups_total {lookups}\nstarted 1700000000.5\n"
+        extractor.extract(scrape(extractor, page, ep), ep)
+    m = ep.metrics
+    assert (m.prefix_cache_hits, m.prefix_cache_queries, m.process_start_time) == (40, 200, 1700000000.5)
+    assert m.prefix_cache_hit_rate == pytest.approx(0.3)

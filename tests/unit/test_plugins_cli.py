@@ -34,7 +34,7 @@ def test_every_type_has_a_summary_and_at_least_one_extension_point(described: di
         pytest.param("max-score-picker", ["Picker"], id="a picker"),
         pytest.param("single-profile-handler", ["ProfileHandler"], id="a profile handler"),
         pytest.param("prefix-cache-affinity-filter", ["Filter"], id="a filter"),
-        pytest.param("approx-prefix-cache-producer", ["DataProducer", "PreRequest"], id="the prefix producer"),
+        pytest.param("approx-prefix-cache-producer", ["DataProducer", "PreRequest", "ResponseComplete"], id="the prefix producer"),
         pytest.param("inflight-load-producer", ["DataProducer", "PreRequest", "ResponseStreaming", "ResponseComplete"],
                      id="the in-flight producer"),
         pytest.param("metrics-data-source", ["DataSource"], id="a data source"),

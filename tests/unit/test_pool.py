@@ -142,3 +142,34 @@ def test_an_empty_update_still_marks_the_pool_synced() -> None:
     pool = EndpointPool()
     pool.replace_all([])
     assert pool.synced
+
+
+class RestartAware(Recorder):
+    def endpoint_restarted(self, endpoint: Endpoint) -> None:
+        self.events.append(("restarted", endpoint.name))
+
+
+def test_a_restart_is_removed_then_added_for_listeners_without_endpoint_restarted() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("a"), meta("b", "10.0.0.2")])
+    plain, aware = Recorder(), RestartAware()
+    pool.add_listener(plain)
+    pool.add_listener(aware)
+    endpoint = pool.get("a")
+    assert endpoint is not None
+    pool.restarted(endpoint)
+    assert plain.events == [("removed", "a"), ("added", "a")]
+    assert aware.events == [("restarted", "a")]
+    assert pool.get("a") is endpoint and names(pool.endpoints()) == ["a", "b"]
+
+
+def test_a_restart_of_an_endpoint_no_longer_in_the_pool_is_ignored() -> None:
+    pool = EndpointPool()
+    pool.replace_all([meta("a")])
+    old = pool.get("a")
+    assert old is not None
+    pool.replace_all([meta("a", port=9000)])  # same name, another server: a new Endpoint
+    listener = Recorder()
+    pool.add_listener(listener)
+    pool.restarted(old)
+    assert listener.events == []

@@ -13,27 +13,40 @@ takes the first series.
 Partial updates: fields whose series are present are updated even when others are
 missing. Missing queue/running/KV series are reported as an extraction error (logged once
 per transition by the collector); missing LoRA or cache-info series are normal for
-servers without LoRA and are not errors.
+servers without LoRA and are not errors (vLLM has no LoRA sample before its first engine
+step). LoRA labels are read by ``lora_info`` (vLLM 0.32's merged lists and older split
+ones, told apart by the page).
+
+Prefix-cache counters (summed over engines) feed the endpoint's ``HitRateWindow``; the
+recent hit rate and the lifetime totals land on ``Metrics``. A restart of the model server
+is seen when ``process_start_time_seconds`` changes or those counters go backwards (never
+on the first scrape): the new ``Metrics`` is then built from scratch, not on the old
+process's values, and ``EndpointPool.restarted`` tells the pool's listeners to drop what
+they kept for it (cached prefixes, in-flight load).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from epp.datalayer.endpoint import ENGINE_LABEL, Endpoint
+from epp.datalayer.endpoint import ENGINE_LABEL, Endpoint, Metrics
 from epp.datalayer.promtext import Sample
 from epp.errors import ConfigError
 from epp.framework.params import require
 from epp.framework.plugin import BasePlugin, Handle
 from epp.plugins.datalayer.engines import BUILTIN_ENGINES, EngineConfig, MetricSpec, parse_spec
+from epp.plugins.datalayer.lora_info import read_lora_info
 from epp.plugins.datalayer.metrics_source import ScrapedSeries
 
 __all__ = ["CoreMetricsExtractor", "CoreMetricsParams", "ExtractionError"]
+
+log = logging.getLogger(__name__)
 
 
 class ExtractionError(Exception):
@@ -71,10 +84,14 @@ class _Engine:
         self.num_blocks_label = config.cache_num_blocks_label_name
         self.block_size = spec("cache_block_size_spec")
         self.num_blocks = spec("cache_num_blocks_spec")
+        self.cache_hits = spec("prefix_cache_hits_spec")
+        self.cache_queries = spec("prefix_cache_queries_spec")
+        self.start_time = spec("process_start_time_spec")
 
         # Only this engine's series are looked for on its endpoints' pages.
         self.series = frozenset(s.series for s in (self.queued, self.running, self.kv, self.lora, self.cache_info,
-                                                   self.block_size, self.num_blocks) if s is not None)
+                                                   self.block_size, self.num_blocks, self.cache_hits,
+                                                   self.cache_queries, self.start_time) if s is not None)
 
 
 def _matching(data: ScrapedSeries, spec: MetricSpec) -> list[Sample]:
@@ -84,8 +101,11 @@ def _matching(data: ScrapedSeries, spec: MetricSpec) -> list[Sample]:
     return [s for s in samples if all(s.labels.get(k) == v for k, v in spec.labels)]
 
 
-def _csv(text: str) -> frozenset[str]:
-    return frozenset(part.strip() for part in text.split(",") if part.strip())
+def _finite_sum(data: ScrapedSeries, spec: MetricSpec | None) -> float | None:
+    if spec is None:
+        return None
+    values = [s.value for s in _matching(data, spec) if math.isfinite(s.value)]
+    return sum(values) if values else None
 
 
 class CoreMetricsExtractor(BasePlugin):
@@ -107,6 +127,7 @@ class CoreMetricsExtractor(BasePlugin):
             raise ConfigError(f"engineConfigs.{exc.field}", exc.reason, exc.value) from None
         self._default = self._engines[self.params.default_engine]
         self._clock = clock
+        self._pool = handle.pool
 
     def input_type(self) -> type:
         return ScrapedSeries
@@ -137,22 +158,49 @@ class CoreMetricsExtractor(BasePlugin):
             else:
                 missing.append(str(spec))
         if engine.lora is not None and (samples := _matching(data, engine.lora)):
-            newest = max(samples, key=lambda s: s.value)
-            updates["active_models"] = _csv(newest.labels.get("running_lora_adapters", ""))
-            updates["waiting_models"] = _csv(newest.labels.get("waiting_lora_adapters", ""))
-            max_lora = newest.labels.get("max_lora", "").strip()
-            if max_lora:
-                try:
-                    updates["max_active_models"] = int(float(max_lora))
-                except (ValueError, OverflowError):
-                    missing.append(f"{engine.lora} (max_lora={max_lora!r} is not a number)")
+            lora = read_lora_info(samples, updates.get("waiting_queue_size"))
+            updates["active_models"] = lora.running
+            updates["waiting_models"] = lora.waiting
+            if lora.max_lora is not None:
+                updates["max_active_models"] = lora.max_lora
+            elif lora.bad_max_lora:
+                missing.append(f"{engine.lora} (max_lora={lora.bad_max_lora!r} is not a number)")
         self._cache_info(data, engine, updates)
+        restarted, now = self._counters(data, engine, endpoint, updates)
         if updates:
-            updates["update_time"] = self._clock()
+            updates["update_time"] = self._clock() if now is None else now
             # Built on the last scrape, not on the picker's estimate: a new scrape replaces it.
-            endpoint.metrics = replace(endpoint.scraped_metrics, **updates)
+            # After a restart nothing of the old process may survive (its LoRA adapters, say).
+            base = Metrics() if restarted else endpoint.scraped_metrics
+            endpoint.metrics = replace(base, **updates)
+        if restarted:
+            log.info("endpoint %s: the model server restarted; dropping what the picker kept for it", endpoint.name)
+            self._pool.restarted(endpoint)
         if missing:
             raise ExtractionError(f"engine {engine.name}: series missing or malformed: {', '.join(missing)}")
+
+    def _counters(self, data: ScrapedSeries, engine: _Engine, endpoint: Endpoint,
+                  updates: dict[str, Any]) -> tuple[bool, float | None]:
+        """Record start time and prefix-cache counters: (did the server restart, the time the counters were read)."""
+        previous = endpoint.scraped_metrics
+        restarted = False
+        start = _finite_sum(data, engine.start_time)
+        if start is not None:
+            updates["process_start_time"] = start
+            if previous.process_start_time and start != previous.process_start_time:
+                restarted = True
+                endpoint.prefix_cache.clear()
+        hits = _finite_sum(data, engine.cache_hits)
+        queries = _finite_sum(data, engine.cache_queries)
+        now = None
+        if hits is not None and queries is not None:
+            now = self._clock()
+            if endpoint.prefix_cache.observe(now, hits, queries):
+                restarted = True
+            updates["prefix_cache_hits"] = hits
+            updates["prefix_cache_queries"] = queries
+            updates["prefix_cache_hit_rate"] = endpoint.prefix_cache.hit_rate
+        return restarted, now
 
     @staticmethod
     def _cache_info(data: ScrapedSeries, engine: _Engine, updates: dict[str, Any]) -> None:

@@ -1,6 +1,14 @@
 """Metric names per model-server engine, as the Go EPP's ``core-metrics-extractor`` knows them.
 
 A spec is ``series`` or ``series{label=value,...}``; an empty spec disables that field.
+
+Three specs are this picker's own, not GIE's: ``prefixCacheHitsSpec`` and
+``prefixCacheQueriesSpec`` (the server's lifetime prefix-cache counters, for the hit rate
+and restart detection) and ``processStartTimeSpec`` (a change means the server restarted).
+vLLM's names are checked against ``vllm/v1/metrics/loggers.py``: the counters are
+registered as ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries`` and
+``prometheus_client`` exposes them with ``_total``; ``process_start_time_seconds`` comes
+from ``prometheus_client``'s process collector. Other engines have none of them here.
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ class EngineConfig:
     cache_num_blocks_label_name: str = field(default="", metadata={"key": "cacheNumBlocksLabelName"})
     cache_block_size_spec: str = ""
     cache_num_blocks_spec: str = ""
+    prefix_cache_hits_spec: str = ""
+    prefix_cache_queries_spec: str = ""
+    process_start_time_spec: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -62,7 +73,8 @@ class EngineConfig:
         if self.name == "default":
             raise ConfigError("name", "engine name 'default' is reserved (use defaultEngine to choose one)")
         for attr in ("queued_requests_spec", "running_requests_spec", "kv_usage_spec", "lora_spec",
-                     "cache_info_spec", "cache_block_size_spec", "cache_num_blocks_spec"):
+                     "cache_info_spec", "cache_block_size_spec", "cache_num_blocks_spec", "prefix_cache_hits_spec",
+                     "prefix_cache_queries_spec", "process_start_time_spec"):
             parse_spec(getattr(self, attr), attr)
 
 
@@ -76,6 +88,9 @@ BUILTIN_ENGINES: dict[str, EngineConfig] = {
         cache_info_spec="vllm:cache_config_info",
         cache_block_size_label_name="block_size",
         cache_num_blocks_label_name="num_gpu_blocks",
+        prefix_cache_hits_spec="vllm:prefix_cache_hits_total",
+        prefix_cache_queries_spec="vllm:prefix_cache_queries_total",
+        process_start_time_spec="process_start_time_seconds",
     ),
     "sglang": EngineConfig(
         name="sglang",

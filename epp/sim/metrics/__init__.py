@@ -14,6 +14,6 @@ def build_metrics(config: SimConfig, view: EngineView) -> MetricsSink:
     """The metrics page matching ``config.engine``."""
     match config.engine:
         case EngineKind.VLLM:
-            return VllmMetrics(config, view)
+            return VllmMetrics(config, view, disjoint_lora_lists=config.disjoint_lora_lists)
         case EngineKind.SGLANG:
             return SglangMetrics(config, view)

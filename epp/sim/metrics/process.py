@@ -3,6 +3,11 @@
 Real vLLM and SGLang pages carry them, so a scraper pays for them too. Values come from the
 simulator's own process (shared by all replicas in it) and are refreshed at most once a
 second, which keeps a 50 ms scrape from reading ``/proc`` every time.
+
+``process_start_time_seconds`` is the time the replica's page was created, not the
+process's: each replica started (a new ``epp sim`` process, or a page rebuilt on a
+simulated restart) reports a new value, as a restarted vLLM does. The picker reads a change
+as a restart and drops what it kept for that endpoint.
 """
 
 from __future__ import annotations

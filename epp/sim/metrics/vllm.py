@@ -8,13 +8,19 @@ the engine at render time; counters and histograms are updated by engine events.
   admission into the running batch (again after a preemption).
 * ``vllm:kv_cache_usage_perc`` counts blocks held by requests; cached blocks nobody holds are
   free.
-* ``vllm:lora_requests_info`` is a gauge whose value is the time of the last engine step and
-  whose labels list the adapters of running and waiting requests. Every combination seen
-  stays on the page (vLLM never removes a label set); readers take the newest value. The
-  simulator keeps the last ``_LORA_INFO_SERIES`` combinations, and stamps a combination
-  that just appeared with the current time so that it is the newest even while no step runs
-  (waiting for an adapter to load). It is always present, even
-  without adapters (vLLM only has it with ``--enable-lora``).
+* ``vllm:lora_requests_info`` is a gauge whose value is the time of the last engine step.
+  As in vLLM 0.32 (``LoRARequestStates.update_scheduler_stats`` in
+  ``vllm/v1/metrics/stats.py``, joined by ``loggers.py``), *both* ``running_lora_adapters``
+  and ``waiting_lora_adapters`` list every adapter that has any request, running or
+  waiting, in the order they got one: the lists are always equal and say nothing of which
+  adapter runs. The family is on the page only when LoRA is enabled (here: adapters given
+  with ``--lora-modules``; vLLM: ``--enable-lora``) and has no sample before the first
+  engine step. ``disjoint_lora_lists=True`` gives older vLLM's labels instead (the adapters
+  of running requests, and those of waiting requests). Every combination seen stays on the
+  page (vLLM never removes a label set); readers take the newest value. The simulator
+  keeps the last ``_LORA_INFO_SERIES`` combinations, and stamps a combination that just
+  appeared with the current time so that it is the newest even while no step runs
+  (waiting for an adapter to load).
 
 All times are wall-clock seconds as a client would measure them.
 """
@@ -55,15 +61,19 @@ class VllmMetrics:
 
     content_type = "text/plain; version=0.0.4; charset=utf-8"
 
-    def __init__(self, config: SimConfig, view: EngineView) -> None:
+    def __init__(self, config: SimConfig, view: EngineView, *, disjoint_lora_lists: bool = False) -> None:
         created = time.time()
         model = config.model_name
         lv = (model, "0")
         self._view = view
         self._max_lora = str(config.max_loras)
+        self._disjoint_lora_lists = disjoint_lora_lists
         self._lora_series: dict[tuple[str, str], float] = {}
         self._lora_current: tuple[str, str] | None = None
+        # Adapters with a request, in the order they got one (vLLM's dict insertion order).
+        self._lora_order: dict[str, None] = {}
         self._last_step_wall = created
+        self._stepped = False
 
         self._lv = lv
 
@@ -149,8 +159,11 @@ class VllmMetrics:
             self.success, self.prefix_queries, self.prefix_hits, self.prompt_hist, self.generation_hist,
             self.iteration_tokens, self.max_gen_hist, self.n_hist, self.max_tokens_hist, self.ttft, self.itl,
             self.tpot, self.e2e, self.queue, self.inference, self.prefill, self.decode, self.kv_computed,
-            self.lora_info, cache_info,
+            cache_info,
         ]
+        # vLLM registers the family only with --enable-lora (loggers.py: ``if lora_config``).
+        if config.lora_modules or config.enable_lora:
+            self._families.insert(len(self._families) - 1, self.lora_info)
         self._process = ProcessFamilies(created)
         self._http = HttpFamilies(created)
 
@@ -179,8 +192,24 @@ class VllmMetrics:
             "swap_space_bytes": "4294967296",
         }
 
+    def _lora_labels(self) -> tuple[str, str]:
+        """(waiting, running) label values."""
+        running, waiting = self._view.running_loras(), self._view.waiting_loras()
+        if self._disjoint_lora_lists:
+            return ",".join(waiting), ",".join(running)
+        present = set(running).union(waiting)
+        order = self._lora_order
+        for gone in [name for name in order if name not in present]:
+            del order[gone]
+        for name in sorted(present):
+            order.setdefault(name)
+        both = ",".join(order)
+        return both, both
+
     def _lora_samples(self) -> list[tuple[tuple[str, str, str], float]]:
-        key = (",".join(self._view.waiting_loras()), ",".join(self._view.running_loras()))
+        if not self._stepped:
+            return []  # vLLM sets the gauge from an engine step's stats: none yet, no sample
+        key = self._lora_labels()
         series = self._lora_series
         if key != self._lora_current:
             # A new state must be the newest series even if no step ran since (a LoRA load).
@@ -196,6 +225,7 @@ class VllmMetrics:
     # --- MetricsSink ------------------------------------------------------------------------
     def on_step(self, plan: StepPlan, now: float) -> None:
         self._last_step_wall = time.time()
+        self._stepped = True
         self.iteration_tokens.observe(plan.work.tokens)
         if plan.prefix_queries:
             self.prefix_queries.inc(plan.prefix_queries)

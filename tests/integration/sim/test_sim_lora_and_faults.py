@@ -12,10 +12,10 @@ from sim_http_helpers import eventually, post_json, scrape, stream
 from epp.sim import FaultMode, LoraModule
 
 
-async def lora_labels(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
-    """Labels of the newest ``vllm:lora_requests_info`` series."""
+async def lora_labels(http: aiohttp.ClientSession, url: str) -> dict[str, str] | None:
+    """Labels of the newest ``vllm:lora_requests_info`` series (None before the engine's first step)."""
     family = (await scrape(http, url))["vllm:lora_requests_info"]
-    return max(family.samples, key=lambda s: s.value).labels
+    return max(family.samples, key=lambda s: s.value).labels if family.samples else None
 
 
 async def test_load_use_and_unload_an_adapter(sim_server_factory, http: aiohttp.ClientSession) -> None:
@@ -46,25 +46,23 @@ async def test_a_request_waits_while_its_adapter_loads(sim_server_factory,
     server = await sim_server_factory(time_scale=1.0, lora_modules=(LoraModule("chat", "/a/chat"),),
                                       lora_load_time=0.3)
     url = server.url
+    assert await lora_labels(http, url) is None  # no engine step yet: the family has no sample
     body = {"model": "chat", "prompt": "hi", "max_tokens": 60}
     first = asyncio.create_task(stream(http, url + "/v1/completions", body))
 
-    async def waiting_for_load() -> bool:
+    async def listed() -> bool:
+        # vLLM 0.32 lists an adapter with any request, running or waiting, in both labels.
         labels = await lora_labels(http, url)
-        return labels["waiting_lora_adapters"] == "chat" and labels["running_lora_adapters"] == ""
+        return labels is not None and labels["running_lora_adapters"] == labels["waiting_lora_adapters"] == "chat"
 
-    await eventually(waiting_for_load)
-
-    async def running() -> bool:
-        return (await lora_labels(http, url))["running_lora_adapters"] == "chat"
-
-    await eventually(running)
+    await eventually(listed)
     events = await first
     assert events[0][0] >= 0.3  # the first token came after the load
     loaded = await stream(http, url + "/v1/completions", {**body, "max_tokens": 2})
     assert loaded[0][0] < 0.15  # the adapter is resident now
     labels = await lora_labels(http, url)
-    assert labels["max_lora"] == "1" and labels["running_lora_adapters"] == ""
+    assert labels is not None and labels["max_lora"] == "1" and labels["running_lora_adapters"] == ""
+    assert labels["waiting_lora_adapters"] == ""
 
 
 async def test_fault_error_answers_inference_with_500_only(sim_server_factory,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from epp.sim.config import EngineKind, SimConfig
+from epp.sim.config import EngineKind, LoraModule, SimConfig
 from epp.sim.kv_cache import chain_seed
 from epp.sim.metrics import SglangMetrics, VllmMetrics, build_metrics
 from epp.sim.metrics.prom import Counter, Gauge, Histogram, build_1_2_5_buckets
@@ -56,8 +57,7 @@ def test_vllm_page_parses_and_has_the_names_types_and_labels_routers_read() -> N
     expected = {
         "vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge",
         "vllm:kv_cache_usage_perc": "gauge", "vllm:prefix_cache_queries": "counter",
-        "vllm:prefix_cache_hits": "counter", "vllm:lora_requests_info": "gauge",
-        "vllm:cache_config_info": "gauge", "vllm:prompt_tokens": "counter",
+        "vllm:prefix_cache_hits": "counter", "vllm:cache_config_info": "gauge", "vllm:prompt_tokens": "counter",
         "vllm:generation_tokens": "counter",
         "vllm:time_to_first_token_seconds": "histogram", "vllm:inter_token_latency_seconds": "histogram",
         "vllm:e2e_request_latency_seconds": "histogram", "vllm:request_queue_time_seconds": "histogram",
@@ -108,16 +108,51 @@ def test_events_move_counters_and_histograms() -> None:
     assert value("vllm:inter_token_latency_seconds_count") == 1
 
 
-def test_lora_info_keeps_recent_label_sets_and_the_newest_has_the_latest_time() -> None:
+LORA = (LoraModule("sql", "/a/sql"), LoraModule("chat", "/a/chat"))
+
+
+def lora_samples(metrics: VllmMetrics) -> list[Any]:
+    return list(families(metrics.render())["vllm:lora_requests_info"].samples)
+
+
+def newest_labels(metrics: VllmMetrics) -> list[dict[str, str]]:
+    """Label sets of the newest samples (two rendered within one clock tick tie)."""
+    samples = lora_samples(metrics)
+    top = max(s.value for s in samples)
+    return [s.labels for s in samples if s.value == top]
+
+
+def test_lora_info_is_absent_without_lora_and_has_no_sample_before_the_first_step() -> None:
+    assert "vllm:lora_requests_info" not in families(VllmMetrics(SimConfig(), FakeView()).render())
+    metrics = VllmMetrics(SimConfig(max_loras=2, lora_modules=LORA), FakeView(waiting=["sql"]))
+    page = metrics.render().decode()
+    assert "# TYPE vllm:lora_requests_info gauge" in page
+    assert lora_samples(metrics) == []
+    metrics.on_step(StepPlan(), 1.0)
+    assert len(lora_samples(metrics)) == 1
+
+
+def test_lora_info_lists_every_adapter_with_a_request_in_both_labels_as_vllm_0_32_does() -> None:
     view = FakeView()
-    metrics = VllmMetrics(SimConfig(max_loras=2), view)
+    metrics = VllmMetrics(SimConfig(max_loras=2, lora_modules=LORA), view)
+    metrics.on_step(StepPlan(), 1.0)
+    assert [s.labels["running_lora_adapters"] for s in lora_samples(metrics)] == [""]
+    view.running, view.waiting = ["sql"], ["chat"]
+    assert len(lora_samples(metrics)) == 2  # the idle label set stays on the page, as in prometheus_client
+    assert {"max_lora": "2", "running_lora_adapters": "chat,sql",
+            "waiting_lora_adapters": "chat,sql"} in newest_labels(metrics)
+    view.running, view.waiting = ["sql", "tool"], []  # chat finished; tool arrived after sql
+    assert {"max_lora": "2", "running_lora_adapters": "sql,tool",
+            "waiting_lora_adapters": "sql,tool"} in newest_labels(metrics)
+
+
+def test_lora_info_can_show_older_vllm_disjoint_lists() -> None:
+    view = FakeView()
+    metrics = VllmMetrics(SimConfig(max_loras=2, lora_modules=LORA), view, disjoint_lora_lists=True)
     metrics.render()
     view.running, view.waiting = ["sql"], ["chat"]
     metrics.on_step(StepPlan(), 1.0)
-    samples = families(metrics.render())["vllm:lora_requests_info"].samples
-    assert len(samples) == 2
-    newest = max(samples, key=lambda s: s.value)
-    assert newest.labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": "chat"}
+    assert {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": "chat"} in newest_labels(metrics)
 
 
 def test_sglang_page_uses_sglang_names() -> None:

@@ -1,0 +1,129 @@
+"""A model server that restarts loses its prefix cache; the picker must forget it too.
+
+A real ``epp sim`` process is scraped by an in-process picker, gets a prefix recorded by a
+routed request, is killed and started again on the same port; the next scrape sees a new
+``process_start_time_seconds`` and the picker's prefix index no longer holds that endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from epp.devstack.processes import epp_command, free_port
+from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
+from epp.server.app import PickerServer
+from epp.sim.config import SimConfig
+from epp.testing import ExtProcClient
+from epp.testing.waiting import eventually
+
+SIM_MODEL = SimConfig().model_name
+SCRAPING_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+"""
+
+
+class SimProcess:
+    """``epp sim`` in a child process on a fixed port, killed with SIGKILL like a crashed server."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *epp_command("sim", "--port", str(self.port), "--time-scale", "0.05"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+        async def healthy() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.port}/health") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(healthy, timeout=20.0, what="the simulator answers /health", interval=0.1)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(self.proc.wait(), 10.0)
+
+
+@pytest.fixture
+async def sim_process() -> AsyncIterator[SimProcess]:
+    sim = SimProcess(free_port())
+    await sim.start()
+    yield sim
+    await sim.kill()
+
+
+def prefix_producer(picker: PickerServer) -> ApproxPrefixCacheProducer:
+    assert picker.config is not None
+    return next(p for p in picker.config.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
+
+
+async def test_a_restarted_server_loses_its_prefix_entries_in_the_picker(
+        start_picker: Any, sim_process: SimProcess) -> None:
+    address = f"127.0.0.1:{sim_process.port}"
+    picker = await start_picker(endpoints=address, config=SCRAPING_CONFIG)
+    endpoint = picker.pool.endpoints()[0]
+    await eventually(lambda: endpoint.metrics.process_start_time > 0, what="a first scrape")
+    first_start = endpoint.metrics.process_start_time
+
+    prompt = "You are a careful assistant. " * 80
+    body = b'{"model": "m", "prompt": "%s", "max_tokens": 1}' % prompt.encode()
+    async with ExtProcClient(f"127.0.0.1:{picker.grpc_port}") as envoy:
+        assert (await envoy.exchange(body)).destination == address
+    index = prefix_producer(picker).index
+    assert index.statistics().entries > 0
+
+    await sim_process.kill()
+    await sim_process.start()
+    await eventually(lambda: endpoint.metrics.process_start_time not in (0.0, first_start), timeout=10.0,
+                     what="a scrape of the new process")
+    assert index.statistics().entries == 0
+    assert picker.pool.endpoints() == (endpoint,)  # the same member, still scraped
+    scraped_at = endpoint.metrics.update_time
+    await eventually(lambda: endpoint.metrics.update_time > scraped_at, what="scrapes go on after the restart")
+
+
+async def test_the_servers_own_prefix_cache_hit_rate_is_shown_and_exported(
+        start_picker: Any, sim_process: SimProcess) -> None:
+    """vLLM leaves ``prompt_tokens_details`` out of usage by default; its counters still tell the hit rate."""
+    address = f"127.0.0.1:{sim_process.port}"
+    picker = await start_picker(endpoints=address, config=SCRAPING_CONFIG)
+    prompt = "Summarise the following contract clause by clause. " * 40
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):  # the first request fills the cache, the next two hit it
+            async with http.post(f"http://{address}/v1/completions",
+                                 json={"model": SIM_MODEL, "prompt": prompt, "max_tokens": 1}) as answer:
+                assert answer.status == 200
+
+        rates: list[float] = []
+
+        async def shown() -> bool:
+            async with http.get(f"http://127.0.0.1:{picker.metrics_port}/debug/endpoints") as page:
+                (endpoint,) = (await page.json())["endpoints"]
+            rates.append(endpoint["metrics"]["prefixCacheHitRate"] or 0.0)
+            return rates[-1] > 0
+
+        await eventually(shown, what="a hit rate in /debug/endpoints")
+        assert 0.5 < rates[-1] < 1.0  # two of three identical prompts were served from the cache
+        async with http.get(f"http://127.0.0.1:{picker.metrics_port}/metrics") as page:
+            exported = [line for line in (await page.text()).splitlines()
+                        if line.startswith("epp_endpoint_prefix_cache_hit_ratio{")]
+    assert exported and f'pod_name="{address}"' in exported[0]
