@@ -49,6 +49,7 @@ from epp.metrics import FlowControlMetrics, PickerMetrics, PredictionMetrics
 from epp.plugins import default_registry
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugins.slo.producer import PredictedLatencyProducer
+from epp.sharedstate import SharedState, build_shared_state, default_replica_id
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
 from epp.server.auth import TokenFile
@@ -109,6 +110,9 @@ class ServeOptions:
     max_ejection_percent: float = 50.0
     admin_rate_limit: float | None = 100.0
     admin_rate_burst: int = 200
+    # Shared routing state between picker replicas (redis://host:port/db); None: each replica's own.
+    state_store: str | None = None
+    state_replica_id: str | None = None
 
 
 class BackgroundTasks:
@@ -206,6 +210,7 @@ class PickerServer:
         self._transport = "plaintext"
         self._config_source: str | None = None
         self._admin_settings = AdminSettings()
+        self.shared_state: SharedState | None = None
 
     def _load_pool(self) -> None:
         opts = self.options
@@ -305,6 +310,12 @@ class PickerServer:
                                    on_scrape_error=lambda name: scrape_errors.labels(name).inc(),
                                    on_scraped=self.flow_controller.notify if self.flow_controller else None)
         self.health.fresh = self.collector.has_fresh_data
+        if self.options.state_store:
+            pool = self.pool
+            self.shared_state = build_shared_state(
+                self.options.state_store, self.options.pool_name,
+                self.options.state_replica_id or default_replica_id(), self.config.plugins.values(),
+                is_member=lambda name: pool.get(name) is not None)
 
     def debug_state(self) -> dict[str, Any]:
         """The size of every per-key structure the picker holds (``/debug/state``): what a
@@ -323,6 +334,7 @@ class PickerServer:
             "workloads": len(self.workloads),
             "objectives": len(self.objectives),
             "decisionLog": self.decisions.debug_sizes(),
+            "sharedState": self.shared_state.snapshot() if self.shared_state is not None else None,
             "plugins": {str(p.typed_name): p.debug_sizes() for p in plugins if hasattr(p, "debug_sizes")},
         }
 
@@ -434,6 +446,8 @@ class PickerServer:
             self.tasks.start("flow controller", self.flow_controller.run)
         for plugin in self._background_plugins():
             self.tasks.start(f"plugin {plugin.typed_name}", plugin.run)  # type: ignore[attr-defined]
+        if self.shared_state is not None:
+            self.tasks.start("shared state", self.shared_state.run)
         self.health.start_watch(_READINESS_PERIOD)
         await self.health.set_ready(True)
         log.info("ext_proc on %s:%d (%s), gRPC health on :%d, admin http://%s:%d (%s); %d endpoints; profiles: %s",
@@ -459,6 +473,8 @@ class PickerServer:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()
         await self.tasks.aclose()
+        if self.shared_state is not None:
+            await self.shared_state.aclose()  # removes this replica's load from the store at once
         if self.flow_controller is not None:
             self.flow_controller.close()
         for plugin in self._background_plugins():

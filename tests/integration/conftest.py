@@ -40,8 +40,9 @@ async def start_picker() -> AsyncIterator[PickerFactory]:
 
     async def start(endpoints: str | None = THREE_ENDPOINTS, config: str | None = NO_SCRAPE_CONFIG,
                     **options: Any) -> PickerServer:
+        options.setdefault("seed", 7)
         opts = ServeOptions(grpc_port=0, grpc_health_port=0, metrics_port=0, endpoints=endpoints,
-                            config_text=config, seed=7, **options)
+                            config_text=config, **options)
         server = PickerServer(opts)
         await server.start()
         servers.append(server)

@@ -179,3 +179,37 @@ def test_an_endpoint_that_goes_idle_and_gets_busy_again_counts_only_the_new_load
     producer.response_streaming(second, ResponseInfo(endpoint=a), b"x")
     producer.response_complete(second, ResponseInfo(endpoint=a, completed=True))
     assert (producer.load.requests("a"), producer.load.tokens("a"), producer.load.prefill_backlog("a")) == (1, 25, 10)
+
+
+async def test_remote_load_adds_to_what_scorers_read_and_local_load_stays_local(
+        create: Any, make_endpoint: Any, make_request: Any, routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a = make_endpoint("a")
+    request = make_request(b"x" * 40)
+    producer.pre_request(CycleState(), request, routed(a))
+    producer.set_remote_load({"a": (2, 100, 30), "b": (1, 10, 0)})
+    cycle = CycleState()
+    await producer.prepare_data(cycle, request, [a])
+    load = cycle[INFLIGHT_LOAD_KEY]
+    assert (load.requests("a"), load.tokens("a"), load.prefill_backlog("a")) == (3, 125, 40)
+    assert (load.requests("b"), load.tokens("b")) == (1, 10)
+    assert producer.local_load() == {"a": (1, 25, 10)}  # only what this replica routed is replicated
+    producer.response_streaming(request, ResponseInfo(endpoint=a), b"chunk")
+    assert load.prefill_backlog("a") == 30
+    producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))
+    assert (load.requests("a"), load.tokens("a"), load.prefill_backlog("a")) == (2, 100, 30)
+    assert producer.local_load() == {}
+    producer.set_remote_load({})  # the other replicas' load left (expired or released)
+    assert (load.requests("a"), load.requests("b")) == (0, 0)
+    assert producer.debug_sizes()["remoteRequests"] == 0
+
+
+def test_a_removed_endpoint_keeps_only_the_other_replicas_load(create: Any, make_endpoint: Any,
+                                                               make_request: Any, routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a = make_endpoint("a")
+    producer.set_remote_load({"a": (2, 20, 0)})
+    producer.pre_request(CycleState(), make_request(b"x" * 40), routed(a))
+    assert producer.load.requests("a") == 3
+    producer.endpoint_removed(a)
+    assert producer.load.requests("a") == 2

@@ -150,3 +150,24 @@ def test_a_block_held_by_two_endpoints_survives_eviction_from_one() -> None:
 def test_default_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         PrefixIndex(default_capacity=0)
+
+
+def test_the_observer_sees_local_records_but_not_remote_ones() -> None:
+    index = PrefixIndex(default_capacity=10)
+    seen: list[tuple[str, list[int], int]] = []
+    index.set_observer(lambda endpoint, hashes, block_bytes: seen.append((endpoint, list(hashes), block_bytes)))
+    index.record("a", chain("local", 3), 64)
+    index.apply_remote("b", chain("remote", 2))
+    assert seen == [("a", chain("local", 3), 64)]
+    assert index.match(chain("remote", 2)) == {"b": 2}  # applied all the same
+    index.set_observer(None)
+    index.record("a", chain("later", 1))
+    assert len(seen) == 1
+
+
+def test_remote_records_obey_the_same_capacity_and_recency() -> None:
+    index = PrefixIndex(default_capacity=4)
+    index.record("e", chain("old", 3))
+    index.apply_remote("e", chain("new", 3))
+    assert held(index, "e", chain("new", 3)) == chain("new", 3)
+    assert held(index, "e", chain("old", 3)) == chain("old", 3)[:1]  # the head survives, tails went first

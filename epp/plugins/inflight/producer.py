@@ -20,11 +20,18 @@ Per endpoint it keeps:
 It publishes an ``InFlightLoad`` (``epp/framework/attributes.py``) under
 ``INFLIGHT_LOAD_KEY``: a read-only view of these counts, built once, so consumers read
 typed values and never this class. No parameters.
+
+With shared state between picker replicas (``epp/sharedstate``), ``local_load`` is what
+this replica adds (replicated to the others) and ``set_remote_load`` hands in the other
+replicas' sums; from then on the published view reads this replica's counts plus theirs,
+kept in separate totals maps so the request path still reads one dict per value. Only
+local counts are ever released, so a dead replica's load leaves with its expiring record.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from epp.datalayer.endpoint import Endpoint
@@ -34,7 +41,10 @@ from epp.framework.requestcontrol import ResponseInfo
 from epp.framework.scheduling import CycleState, SchedulingResult
 from epp.requests.types import InferenceRequest
 
-__all__ = ["INFLIGHT_LOAD_KEY", "InFlightLoadProducer", "estimate_tokens", "request_prompt_tokens"]
+__all__ = ["INFLIGHT_LOAD_KEY", "EndpointLoad", "InFlightLoadProducer", "estimate_tokens", "request_prompt_tokens"]
+
+# (requests, tokens, prefill backlog) of one endpoint
+EndpointLoad = tuple[int, int, int]
 
 _OUTPUT_RATIO = 1.5
 
@@ -80,6 +90,9 @@ class InFlightLoadProducer(BasePlugin):
         self._state_key = f"{self.TYPE}/{name}"
         # The counters are only ever updated in place, so this one view stays current.
         self.load = InFlightLoad(self._requests, self._tokens, self._prefill)
+        # Other replicas' load and the local + remote totals; None until sharing starts.
+        self._remote: dict[str, EndpointLoad] | None = None
+        self._totals: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
         handle.pool.add_listener(self)
 
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
@@ -96,6 +109,8 @@ class InFlightLoadProducer(BasePlugin):
         self._tokens[endpoint] = self._tokens.get(endpoint, 0) + routed.tokens
         self._prefill[endpoint] = self._prefill.get(endpoint, 0) + prefill
         request.plugin_state[self._state_key] = routed
+        if self._remote is not None:
+            self._sync_total(endpoint)
 
     def _current(self, routed: _Routed) -> bool:
         return self._membership.get(routed.endpoint) == routed.membership
@@ -106,6 +121,8 @@ class InFlightLoadProducer(BasePlugin):
             routed.started = True
             if self._current(routed):
                 self._prefill[routed.endpoint] -= routed.prefill
+                if self._remote is not None:
+                    self._sync_total(routed.endpoint)
 
     def response_complete(self, request: InferenceRequest, response: ResponseInfo) -> None:
         routed = request.plugin_state.pop(self._state_key, None)
@@ -121,18 +138,53 @@ class InFlightLoadProducer(BasePlugin):
         self._tokens[endpoint] -= routed.tokens
         if not routed.started:
             self._prefill[endpoint] -= routed.prefill
+        if self._remote is not None:
+            self._sync_total(endpoint)
 
     def _forget(self, endpoint: str) -> None:
         self._requests.pop(endpoint, None)
         self._tokens.pop(endpoint, None)
         self._prefill.pop(endpoint, None)
         self._membership.pop(endpoint, None)
+        if self._remote is not None:
+            self._sync_total(endpoint)
+
+    def local_load(self) -> dict[str, EndpointLoad]:
+        """This replica's own load per endpoint with anything in flight, for the other replicas."""
+        return {ep: (n, self._tokens.get(ep, 0), self._prefill.get(ep, 0)) for ep, n in self._requests.items()}
+
+    def set_remote_load(self, remote: Mapping[str, EndpointLoad]) -> None:
+        """The other replicas' summed load; the published view becomes local + remote from now on."""
+        if self._remote is None:
+            self.load = InFlightLoad(*self._totals)
+        self._remote = dict(remote)
+        for total in self._totals:
+            total.clear()
+        for endpoint in self._remote.keys() | self._requests.keys():
+            self._sync_total(endpoint)
+
+    def _sync_total(self, endpoint: str) -> None:
+        assert self._remote is not None
+        requests, tokens, prefill = self._totals
+        r, t, p = self._remote.get(endpoint, (0, 0, 0))
+        r += self._requests.get(endpoint, 0)
+        if r <= 0:
+            requests.pop(endpoint, None)
+            tokens.pop(endpoint, None)
+            prefill.pop(endpoint, None)
+            return
+        requests[endpoint] = r
+        tokens[endpoint] = t + self._tokens.get(endpoint, 0)
+        prefill[endpoint] = p + self._prefill.get(endpoint, 0)
 
     def debug_sizes(self) -> dict[str, int]:
         """What this producer holds, for ``/debug/state``: all back to 0 when idle."""
-        return {"endpoints": len(self._requests), "memberships": len(self._membership),
-                "requests": sum(self._requests.values()), "tokens": sum(self._tokens.values()),
-                "prefillBacklog": sum(self._prefill.values())}
+        sizes = {"endpoints": len(self._requests), "memberships": len(self._membership),
+                 "requests": sum(self._requests.values()), "tokens": sum(self._tokens.values()),
+                 "prefillBacklog": sum(self._prefill.values())}
+        if self._remote is not None:
+            sizes["remoteRequests"] = sum(r for r, _, _ in self._remote.values())
+        return sizes
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None

@@ -16,16 +16,24 @@ Matching counts, per endpoint, the blocks of the longest prefix it holds contigu
 from the start (vLLM can only reuse a cached prefix, not scattered blocks); the Go EPP
 counts any held block up to the first block nobody holds.
 
+Replication (``epp/sharedstate``): an observer set with ``set_observer`` sees every local
+``record`` (endpoint, hashes, block size in bytes) and may only queue it, as it runs on the
+request path; ``apply_remote`` records what another picker replica routed without telling
+the observer, so replicas never echo each other's records back.
+
 Concurrency: used from the event loop only; no locks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["IndexStatistics", "PrefixIndex"]
+__all__ = ["IndexStatistics", "PrefixIndex", "RecordObserver"]
+
+# (endpoint, block hashes, block size in bytes; 0 when the recorder did not say)
+RecordObserver = Callable[[str, Sequence[int], int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,11 @@ class PrefixIndex:
         self._free_bits: list[int] = []
         self._holders: dict[int, int] = {}  # block hash → bitmask of endpoints
         self._entries = 0
+        self._observer: RecordObserver | None = None
+
+    def set_observer(self, observer: RecordObserver | None) -> None:
+        """Tell ``observer`` about every local record from now on (``None`` stops it)."""
+        self._observer = observer
 
     def __len__(self) -> int:
         return self._entries
@@ -69,7 +82,17 @@ class PrefixIndex:
     def capacity(self, endpoint: str) -> int:
         return self._capacity.get(endpoint, self.default_capacity)
 
-    def record(self, endpoint: str, hashes: Sequence[int]) -> None:
+    def record(self, endpoint: str, hashes: Sequence[int], block_bytes: int = 0) -> None:
+        """Record that ``endpoint`` now holds ``hashes`` (a prefix chain, head first)."""
+        self._record(endpoint, hashes)
+        if self._observer is not None:
+            self._observer(endpoint, hashes, block_bytes)
+
+    def apply_remote(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """Record what another replica routed, without passing it on to the observer."""
+        self._record(endpoint, hashes)
+
+    def _record(self, endpoint: str, hashes: Sequence[int]) -> None:
         bit = self._bit_of(endpoint)
         lru = self._lrus.get(endpoint)
         if lru is None:

@@ -140,12 +140,15 @@ class ApproxPrefixCacheProducer(BasePlugin):
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.endpoints and prefill.endpoints[0] is not primary:
             targets.append(prefill.endpoints[0])
+        match = cycle.get(PREFIX_MATCH_KEY)
+        # Replicas sharing the index compare it: hashes of different block sizes never match.
+        hashed_bytes = block_bytes(match.block_size_tokens, request_chars_per_token(request)) \
+            if isinstance(match, PrefixMatch) else 0
         for endpoint in targets:
             if self.params.auto_tune and endpoint.metrics.cache_num_blocks > 0 \
                     and self.index.capacity(endpoint.name) != endpoint.metrics.cache_num_blocks:
                 self.index.set_capacity(endpoint.name, endpoint.metrics.cache_num_blocks)
-            self.index.record(endpoint.name, hashes)
-        match = cycle.get(PREFIX_MATCH_KEY)
+            self.index.record(endpoint.name, hashes, hashed_bytes)
         if isinstance(match, PrefixMatch) and match.total_blocks and self._hit_ratio is not None:
             matched = match.matches.get(primary.name, 0)
             self._hit_ratio.observe(matched / match.total_blocks)
