@@ -49,7 +49,6 @@ from epp.metrics import FlowControlMetrics, PickerMetrics, PredictionMetrics
 from epp.plugins import default_registry
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugins.slo.producer import PredictedLatencyProducer
-from epp.sharedstate import SharedState, build_shared_state, default_replica_id
 from epp.scheduling.trace import DecisionLog
 from epp.server.admin import build_admin_app
 from epp.server.auth import TokenFile
@@ -57,6 +56,7 @@ from epp.server.extproc import ExtProcServicer
 from epp.server.health import HealthState
 from epp.server.middleware import AdminSettings
 from epp.server.tls import server_credentials
+from epp.sharedstate import SharedState, build_shared_state, default_replica_id
 
 __all__ = ["BackgroundTasks", "PickerServer", "ServeOptions"]
 
