@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise bench-routing-pickers bench-compare clean
+.PHONY: install run run-tls test lint unit integration e2e fuzz bench-overhead bench-routing bench-scrape bench-collector bench-soak bench-flowcontrol bench-slo bench-autoscale bench-routing-precise bench-routing-pickers bench-compare bench-scaleout clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ bench-routing-precise: $(STAMP)
 bench-routing-pickers: $(STAMP)
 	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy --rate 24 --seconds 45 --routers default,precise,default-2pickers,precise-2pickers
 	$(BIN)/python -m benchmarks.routing --workloads shared-prefix --rate 16 --seconds 15 --routers default,precise,default-2pickers,precise-2pickers
+
+# 1 picker, 2 pickers each on its own, 2 pickers sharing state through Redis; then the gateway's capacity with 1 and 2 workers.
+bench-scaleout: $(STAMP)
+	$(BIN)/python -m benchmarks.scaleout
 
 ## Side by side with sglang-router and vllm-router (installed into their own venv): TTFT, throughput, CPU per
 ## router (~11 min; QUICK=1 for ~2.5 min, SWEEP=1 adds a rate sweep). Results in benchmarks/results/compare/.

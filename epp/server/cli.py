@@ -14,7 +14,7 @@ from typing import Any
 
 from epp.framework.params import parse_duration
 
-__all__ = ["add_parser", "options_from_args"]
+__all__ = ["add_parser", "grpc_health_port", "options_from_args", "serve_parser"]
 
 
 def _duration(text: str) -> float:
@@ -37,7 +37,9 @@ def add_parser(subparsers: Any) -> None:
                      help="address the admin HTTP server (/metrics, /healthz, /readyz, /debug) listens on, "
                           "independent of --bind (default: %(default)s)")
     net.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default: %(default)s)")
-    net.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default: %(default)s)")
+    net.add_argument("--grpc-health-port", type=int,
+                     help="gRPC health port (default: 9003; with --workers N, --grpc-port + N, the first port "
+                          "after the workers' ext_proc ports)")
     net.add_argument("--metrics-port", type=int, default=9090,
                      help="HTTP port for /metrics, /healthz, /readyz, /debug (default: %(default)s)")
     sec = p.add_argument_group("security (docs/security.md)")
@@ -98,8 +100,37 @@ def add_parser(subparsers: Any) -> None:
     cfg.add_argument("--max-ejection-percent", type=float, default=50.0,
                      help="at most this share of the pool is ejected at once (default: %(default)s)")
     cfg.add_argument("--seed", type=int, help="seed the routing random source (tests, benchmarks)")
+    procs = p.add_argument_group("processes (docs/workers.md)")
+    procs.add_argument("--workers", type=int, default=1,
+                       help="picker processes under one supervisor; worker i serves ext_proc on --grpc-port + i "
+                            "(list them all in Envoy's ext_proc cluster: config/envoy-workers.yaml), the supervisor "
+                            "serves --metrics-port (every worker's metrics, labelled worker) and --grpc-health-port "
+                            "(default: %(default)s, one process)")
+    # Set by the supervisor on each worker: it labels the worker's log lines.
+    procs.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    state = p.add_argument_group("shared state between picker replicas (docs/workers.md)")
+    state.add_argument("--state-store", metavar="URL",
+                       help="redis://host:port/db: share the prefix index and in-flight load with the other picker "
+                            "replicas and workers (default: none, each keeps its own state)")
+    state.add_argument("--state-replica-id",
+                       help="this replica's id in the store (default: hostname-pid; workers append -w<index>)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run)
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with exactly ``epp serve``'s flags (worker command lines are rebuilt from it)."""
+    root = argparse.ArgumentParser(prog="epp")
+    subparsers = root.add_subparsers()
+    add_parser(subparsers)
+    parser: argparse.ArgumentParser = subparsers.choices["serve"]
+    return parser
+
+
+def grpc_health_port(args: argparse.Namespace) -> int:
+    if args.grpc_health_port is not None:
+        return int(args.grpc_health_port)
+    return 9003 if args.workers == 1 else int(args.grpc_port) + int(args.workers)
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
@@ -112,7 +143,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         admin_rate_limit=args.admin_rate_limit or None, admin_rate_burst=args.admin_rate_burst,
         honor_criticality_header=not args.ignore_criticality_header, objectives_file=args.objectives_file,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
-        grpc_port=args.grpc_port, grpc_health_port=args.grpc_health_port,
+        grpc_port=args.grpc_port, grpc_health_port=grpc_health_port(args),
         metrics_port=args.metrics_port, config_file=args.config_file, config_text=args.config_text,
         endpoints=args.endpoints, pool_file=args.pool_file, pool_name=args.pool_name,
         refresh_metrics_interval=args.refresh_metrics_interval, scrape_timeout=args.scrape_timeout,
@@ -123,6 +154,10 @@ def options_from_args(args: argparse.Namespace) -> Any:
         account_dispatches=not args.no_dispatch_accounting,
         eject_after_failures=args.eject_after_failures, ejection_time=args.ejection_time,
         max_ejection_percent=args.max_ejection_percent,
+        state_store=args.state_store,
+        # Workers given one explicit id would skip each other's records as their own.
+        state_replica_id=(None if args.state_replica_id is None else
+                          args.state_replica_id + ("" if args.worker_index is None else f"-w{args.worker_index}")),
     )
 
 
@@ -157,8 +192,17 @@ async def _serve(options: Any) -> int:
 def _run(args: argparse.Namespace) -> int:
     from epp.errors import ConfigError
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = "" if args.worker_index is None else f"worker-{args.worker_index} "
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s {worker}%(name)s: %(message)s")
     try:
+        if args.workers != 1:
+            # The supervisor only forks to exec a worker: gRPC's fork handlers have nothing to
+            # do there and log a warning on every fork. Read when grpc is first imported.
+            os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+            from epp.server.workers import run_supervisor
+
+            return run_supervisor(args, serve_parser(), run_loop)
         options = options_from_args(args)
         return run_loop(_serve(options))
     except ConfigError as exc:
