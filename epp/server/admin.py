@@ -138,6 +138,7 @@ def build_admin_app(
     options: Mapping[str, Any] | None = None,
     endpoint_details: Callable[[str], Mapping[str, Any]] | None = None,
     pool_details: Callable[[], Mapping[str, Any]] | None = None,
+    degraded: Callable[[], list[str]] | None = None,
 ) -> web.Application:
     """The admin server. ``pages``: more JSON snapshots, served at ``/debug/<name>``.
 
@@ -157,9 +158,12 @@ def build_admin_app(
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        # Degradations that do not stop routing (a lost state store) keep the probe at 200
+        # but are said here, so an operator reading the probe sees them.
+        notes = "".join(f"degraded: {reason}\n" for reason in (degraded() if degraded is not None else ()))
         if is_ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text="ready\n" + notes)
+        return web.Response(status=503, text="not ready\n" + notes)
 
     async def endpoints(_: web.Request) -> web.Response:
         now = time.monotonic()

@@ -348,6 +348,17 @@ class PickerServer:
                 details["kvEvents"] = stats(name)
         return details
 
+    def degraded(self) -> list[str]:
+        """Why the picker routes worse than it could while staying ready (``/readyz``).
+
+        A lost state store keeps readiness: every replica loses the same store at once, and
+        failing them all would take the gateway down while local routing still works."""
+        if self.shared_state is not None:
+            ok, reason = self.shared_state.healthy()
+            if not ok:
+                return [f"shared state: {reason}"]
+        return []
+
     def pool_details(self) -> dict[str, Any]:
         """Pool-wide plugin state for ``/debug/endpoints``: characters per token learned per
         model by each prefix producer (a model's value, not an endpoint's)."""
@@ -431,7 +442,7 @@ class PickerServer:
                               {"flowcontrol": self.flow_control_state, "predictor": self.predictor_state},
                               settings=self._admin_settings, config=self.config, config_text=self._config_source,
                               options=dataclasses.asdict(opts), endpoint_details=self.endpoint_details,
-                              pool_details=self.pool_details)
+                              pool_details=self.pool_details, degraded=self.degraded)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, opts.admin_bind, opts.metrics_port)

@@ -7,6 +7,7 @@ prompt is the prefix index it learned through Redis.
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 
 from epp.server.app import PickerServer
@@ -49,3 +50,25 @@ def _applied(server: PickerServer) -> int:
     value = prefix["recordsApplied"]
     assert isinstance(value, int)
     return value
+
+
+async def test_a_lost_store_is_said_in_readyz_while_the_picker_keeps_routing(
+        start_picker: PickerFactory, redis: RedisProcess) -> None:
+    picker = await start_picker(state_store=redis.url, state_replica_id="a")
+    await eventually(lambda: shared(picker)["connected"], what="connected")
+
+    async def readyz() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{picker.metrics_port}/readyz") as answer:
+            return answer.status, await answer.text()
+
+    assert await readyz() == (200, "ready\n")
+    redis.kill()
+    await eventually(lambda: not shared(picker)["connected"], timeout=10.0, what="the loss noticed")
+    status, text = await readyz()
+    assert status == 200 and text.startswith("ready\ndegraded: shared state: ")
+    async with ExtProcClient(f"127.0.0.1:{picker.grpc_port}") as envoy:
+        assert (await envoy.exchange(body(PROMPTS[0]))).destination is not None
+    redis.start()
+    await eventually(lambda: shared(picker)["connected"], timeout=15.0, what="reconnected")
+    assert await readyz() == (200, "ready\n")
