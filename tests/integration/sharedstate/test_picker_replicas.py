@@ -29,11 +29,15 @@ def shared(server: PickerServer) -> dict[str, object]:
     return state
 
 
+def connected(server: PickerServer) -> bool:
+    return shared(server)["connected"] is True
+
+
 async def test_the_second_replica_routes_each_prompt_where_the_first_sent_it(
         start_picker: PickerFactory, redis: RedisProcess) -> None:
     first = await start_picker(state_store=redis.url, state_replica_id="a")
     second = await start_picker(state_store=redis.url, state_replica_id="b", seed=12345)
-    await eventually(lambda: shared(first)["connected"] and shared(second)["connected"], what="both connected")
+    await eventually(lambda: connected(first) and connected(second), what="both connected")
     async with ExtProcClient(f"127.0.0.1:{first.grpc_port}") as via_first:
         chosen = [(await via_first.exchange(body(prompt))).destination for prompt in PROMPTS]
     assert len(set(chosen)) > 1  # the queue scorer spreads them, so matching them is not luck
@@ -55,7 +59,7 @@ def _applied(server: PickerServer) -> int:
 async def test_a_lost_store_is_said_in_readyz_while_the_picker_keeps_routing(
         start_picker: PickerFactory, redis: RedisProcess) -> None:
     picker = await start_picker(state_store=redis.url, state_replica_id="a")
-    await eventually(lambda: shared(picker)["connected"], what="connected")
+    await eventually(lambda: connected(picker), what="connected")
 
     async def readyz() -> tuple[int, str]:
         async with aiohttp.ClientSession() as http, \
@@ -64,11 +68,11 @@ async def test_a_lost_store_is_said_in_readyz_while_the_picker_keeps_routing(
 
     assert await readyz() == (200, "ready\n")
     redis.kill()
-    await eventually(lambda: not shared(picker)["connected"], timeout=10.0, what="the loss noticed")
+    await eventually(lambda: not connected(picker), timeout=10.0, what="the loss noticed")
     status, text = await readyz()
     assert status == 200 and text.startswith("ready\ndegraded: shared state: ")
     async with ExtProcClient(f"127.0.0.1:{picker.grpc_port}") as envoy:
         assert (await envoy.exchange(body(PROMPTS[0]))).destination is not None
     redis.start()
-    await eventually(lambda: shared(picker)["connected"], timeout=15.0, what="reconnected")
+    await eventually(lambda: connected(picker), timeout=15.0, what="reconnected")
     assert await readyz() == (200, "ready\n")
