@@ -77,7 +77,7 @@ bench-slo: $(STAMP)
 
 ## Precise vs approximate prefix routing: eviction-heavy and shared-prefix workloads (~3.5 min).
 bench-routing-precise: $(STAMP)
-	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise --seconds 15
+	$(BIN)/python -m benchmarks.routing --workloads eviction-heavy,shared-prefix --routers default,precise,precise-wholeprompt --seconds 15
 
 ## Precise vs approximate with two pickers behind one Envoy (each approximate index sees half the decisions; ~4 min).
 bench-routing-pickers: $(STAMP)

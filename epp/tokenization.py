@@ -180,19 +180,35 @@ class PromptTokenizer:
     def encode_text(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
+    @property
+    def backend(self) -> Tokenizer:
+        """The Hugging Face tokenizer itself (for callers that encode the ``prompt_text`` their own way)."""
+        return self._tokenizer
+
     def encode_request(self, api: str, body: Mapping[str, Any]) -> list[int]:
         """The token ids vLLM computes for this request body; raises ``TokenizationError``."""
+        prompt = self.prompt_text(api, body)
+        if isinstance(prompt, list):
+            return prompt
+        text, add_special_tokens = prompt
+        return self.encode_text(text, add_special_tokens=add_special_tokens)
+
+    def prompt_text(self, api: str, body: Mapping[str, Any]) -> tuple[str, bool] | list[int]:
+        """What ``encode_request`` encodes: (text, add_special_tokens), or the ids a completion gave itself.
+
+        Raises ``TokenizationError``. ``encode_text(*prompt_text(...))`` is ``encode_request``."""
         if api == COMPLETIONS:
-            return self._encode_prompt(body.get("prompt"))
+            return self._completion_prompt(body.get("prompt"))
         if api == CHAT_COMPLETIONS:
-            return self.encode_text(self.render_chat(body.get("messages", ())), add_special_tokens=False)
+            return self.render_chat(body.get("messages", ())), False
         raise TokenizationError(f"unknown api {api!r}; expected {COMPLETIONS!r} or {CHAT_COMPLETIONS!r}")
 
-    def _encode_prompt(self, prompt: Any) -> list[int]:
+    @staticmethod
+    def _completion_prompt(prompt: Any) -> tuple[str, bool] | list[int]:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return self.encode_text(prompt, add_special_tokens=True)
+            return prompt, True
         if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
         raise TokenizationError("prompt must be a string or a list of token ids")

@@ -10,7 +10,8 @@ Routers (see routers.py): round-robin, envoy-least-request, envoy-random (Envoy 
 load-only (GIE queue + KV), gie-default (GIE's exact default), default (the built-in
 profile), default+lora, precise (precise-prefix-cache-scorer on the simulators' KV events;
 when it runs, every router's simulators tokenize with the same tiny tokenizer, see precise.py).
-precise+approx (with the approximate scorer beside it; precise-only = precise). Any picker router with
+precise+approx (with the approximate scorer beside it; precise-only = precise), precise-wholeprompt (chunk
+caching of prompt token ids off: every prompt encoded whole, as before it existed). Any picker router with
 ``-2pickers`` appended runs two picker processes behind one Envoy, balanced round robin
 (pickers.py), compared with ``default-2pickers``.
 For runs with ``precise`` the picker's CPU, RSS, KV events and blocks indexed are reported too.
@@ -60,7 +61,8 @@ def run_one(workload: Workload, router: str, replicas: int, rate: float, seconds
     if router in KV_EVENT_ROUTERS:
         assert tokenizer is not None, "the precise router needs a tokenizer"
         events = free_port()
-        config = precise_config(tokenizer, events, approximate=router == "precise+approx")
+        config = precise_config(tokenizer, events, approximate=router == "precise+approx",
+                                chunk_cache=router != "precise-wholeprompt")
         if pickers == 1:
             sim_args = [*sim_args, *precise_sim_args(events)]
         else:
@@ -141,8 +143,10 @@ def print_precise(results: dict[str, dict[str, Any]]) -> None:
     for router, r in results.items():
         if "picker" in r:
             u = r["picker"]
+            prepare = u.get("prepareMicrosPerRequest")
             print(f"{router:>21}: picker CPU {u['cpuSeconds']:6.2f}s, RSS {u['rssBytes'] / 2**20:6.1f} MiB, "
-                  f"KV events {u['kvEvents']}, blocks indexed {u['kvBlocks']}")
+                  f"KV events {u['kvEvents']}, blocks indexed {u['kvBlocks']}"
+                  + (f", precise PrepareData {prepare:.0f} us per request" if prepare is not None else ""))
     for name, precise in results.items():
         kind, pickers = split_router(name)
         # Against the approximate default with as many pickers.

@@ -11,7 +11,8 @@ What it needs beyond a config, set up per run in the work directory:
   the llm-d topic ``kv@<host:port>@<model>``, which the ``"kv@"`` topic filter accepts.
 
 ``PickerProbe`` reads what the run cost the picker: CPU seconds (``/proc/<pid>/stat``), RSS,
-KV events received and blocks indexed (``/debug/endpoints``, ``/debug/sizes``).
+KV events received, blocks indexed and the precise scorer's PrepareData time per request
+(``/debug/endpoints``, ``/debug/state``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["KV_EVENT_ROUTERS", "PickerProbe", "precise_config", "precise_sim_arg
 _CONFIG = Path(__file__).resolve().parents[2] / "config" / "precise-prefix.yaml"
 # precise: the shipped config (the precise scorer alone); precise-only: the same, kept for older
 # command lines; precise+approx: with the approximate prefix-cache-scorer beside it (weight 2).
-KV_EVENT_ROUTERS = frozenset({"precise", "precise-only", "precise+approx"})
+# precise-wholeprompt: chunk caching off (chunkCacheBytes 0), every prompt encoded whole.
+KV_EVENT_ROUTERS = frozenset({"precise", "precise-only", "precise+approx", "precise-wholeprompt"})
 # Words the workload generators write besides _WORDS (numbers are words of their own).
 _EXTRA = ("Customer", "policy", "handbook", "Question", "Request", "Summarise", "Task", "Answer", "briefly",
           "system", "user", "assistant")
@@ -51,9 +53,11 @@ def precise_sim_args(picker_events_port: int) -> list[str]:
     return ["--kv-events-config", json.dumps(settings)]
 
 
-def precise_config(tokenizer: Path, picker_events_port: int, approximate: bool = False) -> str:
+def precise_config(tokenizer: Path, picker_events_port: int, approximate: bool = False,
+                   chunk_cache: bool = True) -> str:
     """config/precise-prefix.yaml with this run's tokenizer and the picker binding the events socket;
-    ``approximate``: with the approximate prefix-cache-scorer beside the precise one (weight 2)."""
+    ``approximate``: with the approximate prefix-cache-scorer beside the precise one (weight 2);
+    ``chunk_cache`` False: every prompt encoded whole (``chunkCacheBytes: 0``)."""
     doc = yaml.safe_load(_CONFIG.read_text())
     has_approximate = any(p["type"] == "prefix-cache-scorer" for p in doc["plugins"])
     if not approximate:
@@ -68,6 +72,8 @@ def precise_config(tokenizer: Path, picker_events_port: int, approximate: bool =
     pool = params["indexerConfig"]["tokenizersPoolConfig"]
     pool["local"] = {"modelTokenizerMap": {m: str(tokenizer) for m in (MODEL, *LORA_ADAPTERS)}}
     pool["remoteTokenize"] = False
+    if not chunk_cache:
+        pool["chunkCacheBytes"] = 0
     params["kvEventsConfig"].update({"discoverPods": False, "zmqEndpoint": f"tcp://127.0.0.1:{picker_events_port}",
                                      "topicFilter": "kv@"})
     return yaml.safe_dump(doc)
@@ -79,10 +85,11 @@ class PickerUsage:
     rss_bytes: int
     kv_events: int
     kv_blocks: int
+    prepare_us_per_request: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"cpuSeconds": self.cpu_seconds, "rssBytes": self.rss_bytes, "kvEvents": self.kv_events,
-                "kvBlocks": self.kv_blocks}
+                "kvBlocks": self.kv_blocks, "prepareMicrosPerRequest": self.prepare_us_per_request}
 
 
 def _get(url: str) -> Any:
@@ -109,4 +116,12 @@ class PickerProbe:
         endpoints = _get(f"{stack.admin_url}/debug/endpoints")["endpoints"]
         events = sum(ep.get("kvEvents", {}).get("events", 0) for ep in endpoints)
         blocks = sum(ep.get("kvEvents", {}).get("blocks", 0) for ep in endpoints)
-        self.usage = PickerUsage(cpu, int(rss), events, blocks)
+        self.usage = PickerUsage(cpu, int(rss), events, blocks, _prepare_us(stack.admin_url))
+
+
+def _prepare_us(admin_url: str) -> float | None:
+    """Mean wall time the precise scorer's PrepareData held a request (first picker only)."""
+    plugins = _get(f"{admin_url}/debug/state").get("plugins", {})
+    sizes = [v for k, v in plugins.items() if k.endswith("/precise-prefix-cache-scorer")]
+    requests = sum(s.get("preparedRequests", 0) for s in sizes)
+    return sum(s.get("prepareMicrosTotal", 0) for s in sizes) / requests if requests else None

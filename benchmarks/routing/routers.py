@@ -45,5 +45,7 @@ schedulingProfiles:
     # the approximate one beside it); precise+approx: with the approximate prefix-cache-scorer beside it.
     "precise-only": (_CONFIG / "precise-prefix.yaml").read_text(),
     "precise+approx": (_CONFIG / "precise-prefix.yaml").read_text(),
+    # precise with chunkCacheBytes 0: every prompt encoded whole, as before chunk caching (issue 11, H4).
+    "precise-wholeprompt": (_CONFIG / "precise-prefix.yaml").read_text(),
 }
 # Any picker router with "-2pickers" appended runs two picker processes behind one Envoy (pickers.py).

@@ -40,7 +40,9 @@ are computed from token ids and never reproduce vLLM's hash), ``prefixStoreConfi
   ``local.autoDiscoveryDir`` (``<dir>/<model>/tokenizer.json``),
   ``local.autoDiscoveryTokenizerFileName`` (``tokenizer.json``), ``local.modelTokenizerMap``
   (model -> file); ours: ``remoteTokenize`` (true: fall back to the server's ``/tokenize``),
-  ``remoteTimeout`` ("500ms"), ``cacheSize`` (4096 prompts).
+  ``remoteTimeout`` ("500ms"), ``cacheSize`` (4096 prompts), ``chunkCacheBytes`` (32 MiB:
+  token ids per chunk of prompt text, so a prompt sharing a prefix with earlier ones encodes
+  only its new part; 0 turns it off; see ``chunked``).
 - ``kvEventsConfig``: ``discoverPods`` (true: connect to every pool endpoint's publisher at
   ``tcp://{address}:{podDiscoveryConfig.socketPort}``; false: bind ``zmqEndpoint`` and let
   publishers connect, endpoint taken from the topic ``kv@<host:port>@<model>``),
@@ -60,6 +62,7 @@ requests with equal text but different salts match each other's blocks.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,11 +153,13 @@ class TokenizersPoolConfig:
     remote_tokenize: bool = True
     remote_timeout: Duration = Duration(0.5)
     cache_size: int = 4096
+    chunk_cache_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         require(self.workers_count > 0, "workers_count", "must be > 0", self.workers_count)
         require(self.remote_timeout > 0, "remote_timeout", "must be > 0", self.remote_timeout)
         require(self.cache_size >= 0, "cache_size", "must be >= 0", self.cache_size)
+        require(self.chunk_cache_bytes >= 0, "chunk_cache_bytes", "must be >= 0", self.chunk_cache_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,12 +249,16 @@ class PrecisePrefixCacheScorer(BasePlugin):
             model_paths={m: Path(path) for m, path in local.model_tokenizer_map.items()},
             file_name=local.auto_discovery_tokenizer_file_name, workers=pool_config.workers_count,
             cache_size=pool_config.cache_size, remote=pool_config.remote_tokenize,
-            remote_timeout=pool_config.remote_timeout)
+            remote_timeout=pool_config.remote_timeout, chunk_cache_bytes=pool_config.chunk_cache_bytes)
         self.index = KVBlockIndex(p.blocks_per_endpoint())
         self._events = p.kv_events_config
         self._subscriber: KVEventsSubscriber | None = None
         self._pool = handle.pool
         self._attached = False
+        # Wall time PrepareData held each request (tokenizing, keys, matching): the latency this
+        # scorer adds, reported in /debug/sizes so a benchmark can read it from the running picker.
+        self._prepared = 0
+        self._prepare_seconds = 0.0
 
     def _warn_ignored(self) -> None:
         p = self.params
@@ -276,11 +285,14 @@ class PrecisePrefixCacheScorer(BasePlugin):
         return model
 
     async def prepare_data(self, cycle: CycleState, request: InferenceRequest, endpoints: list[Endpoint]) -> None:
+        started = time.perf_counter()
         try:
             match = await self._match(request, endpoints)
         except Exception:  # a scorer input must never fail the request; neutral scores instead
             log.exception("%s: matching the prompt failed", self.typed_name)
             match = PreciseMatch({}, 0)
+        self._prepared += 1
+        self._prepare_seconds += time.perf_counter() - started
         cycle[self._state_key] = match
         if cycle.get(PREFIX_MATCH_KEY) is None and match.fractions:
             # Without the approximate producer, prefill-load-scorer and the in-flight backlog
@@ -381,4 +393,5 @@ class PrecisePrefixCacheScorer(BasePlugin):
         return self.index.stats(name)
 
     def debug_sizes(self) -> dict[str, int]:
-        return {**self.index.debug_sizes(), "tokenizedPrompts": len(self.tokenizers)}
+        return {**self.index.debug_sizes(), "tokenizedPrompts": len(self.tokenizers), **self.tokenizers.chunk_stats(),
+                "preparedRequests": self._prepared, "prepareMicrosTotal": int(self._prepare_seconds * 1e6)}

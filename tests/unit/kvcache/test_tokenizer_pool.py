@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from aiohttp import web
 
 from epp.plugins.kvcache.tokenizer import TokenizerPool
 from epp.testing.tokenizers import write_tiny_tokenizer
+from epp.testing.waiting import eventually
+from epp.tokenization import PromptTokenizer
 
 VOCAB = {"[UNK]": 0, "<s>": 1, "<|user|>": 2, "<|assistant|>": 3, "hello": 4, "world": 5, "again": 6}
 TEMPLATE = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}<|assistant|>"
@@ -173,4 +176,33 @@ async def test_unreadable_tokenizer_file_gives_none(tmp_path: Path) -> None:
     (tmp_path / "m" / "tokenizer.json").write_text("{not json")
     pool = TokenizerPool(model_dir=tmp_path, remote=False)
     assert await pool.tokenize("m", "completions", {"prompt": "hello"}) is None
+    pool.close()
+
+
+async def test_chat_prompts_sharing_a_system_prompt_encode_only_their_new_part(tmp_path: Path) -> None:
+    path = write_tiny_tokenizer(tmp_path / "m", corpus=["policy refund river gateway question one two three"])
+    pool = TokenizerPool(model_paths={"m": path}, remote=False, inline_max_chars=100_000)
+    whole = PromptTokenizer.from_file(path)
+    rng = random.Random(4)
+    system = " ".join(rng.choice(["policy", "refund", "river", "gateway"]) for _ in range(2000))
+    bodies = [{"messages": [{"role": "system", "content": system}, {"role": "user", "content": f"question {q}"}]}
+              for q in ("one", "two", "three")]
+    for body in bodies:
+        assert await pool.tokenize("m", "chat_completions", body) == whole.encode_request("chat_completions", body)
+    stats = pool.chunk_stats()
+    # The first prompt encodes every chunk; each later one only the chunk holding its question.
+    first_prompt_chunks = stats["tokenChunks"] - 2
+    assert first_prompt_chunks >= 20
+    assert stats["tokenChunkMisses"] == first_prompt_chunks + 2
+    assert stats["tokenChunkHits"] == 2 * (first_prompt_chunks - 1)
+    await eventually(lambda: pool._encoders["m"].verified >= 3, what="the sampled whole-prompt checks")
+    assert pool._encoders["m"].enabled
+    pool.close()
+
+
+async def test_without_a_chunk_budget_prompts_are_encoded_whole(tmp_path: Path) -> None:
+    path = write_tokenizer(tmp_path)
+    pool = TokenizerPool(model_paths={"m": path}, remote=False, chunk_cache_bytes=0)
+    assert await pool.tokenize("m", "completions", {"prompt": "hello world " * 300}) == [1, *[4, 5] * 300]
+    assert pool.chunk_stats()["tokenChunks"] == 0
     pool.close()
