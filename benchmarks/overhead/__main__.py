@@ -17,6 +17,10 @@ and p50 time to first byte per path (medians over rounds), the ext_proc process'
 request and per ext_proc message (Envoy's own count), and the ratios.
 
     python -m benchmarks.overhead [--rounds 3] [--seconds 10] [--concurrency 16] [--stream]
+
+With ``--profile DIR`` each ext_proc process is first sampled with py-spy under the same
+load (one extra pass per path, not counted in the figures); DIR gets py-spy's collapsed
+stacks per path and PROFILE-RUN.md, the top frames by self time (benchmarks/overhead/profile.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.overhead import profile
 from epp.devstack.envoy import envoy_binary, fast_bootstrap_path, render_bootstrap, repo_bootstrap_path
 from epp.devstack.processes import ManagedProcess, free_port, wait_for_http
 from epp.devstack.stack import Stack
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the simulators' pace (1 = real time); larger spreads a stream over more chunks")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="sample each ext_proc process with py-spy first")
+    parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C and Cython frames too)")
+    parser.add_argument("--profile-perf", action="store_true", help="also Linux perf, CPU split by library")
     args = parser.parse_args(argv)
     # wrk cannot time the first byte; a streamed run is about exactly that.
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and not args.stream and shutil.which("wrk"))
@@ -155,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         # CPU seconds of each path's ext_proc process, to report CPU per request.
         picker_pid = stack.picker.pid  # type: ignore[union-attr]
         extproc_pid = {"direct": None, "noop": noop.pid, "picker": picker_pid, "fast": picker_pid}
+        if args.profile:
+            profile_paths(args, urls, extproc_pid, body, bool(use_wrk), workdir)
+            if args.rounds == 0:
+                return 0
         for round_no in range(args.rounds):
             for name, url in urls.items():
                 cpu_before = process_cpu(extproc_pid[name])
@@ -188,6 +200,32 @@ def main(argv: list[str] | None = None) -> int:
         for process in processes:
             process.stop()
         stack.stop()
+
+
+def profile_paths(args: argparse.Namespace, urls: dict[str, str], pids: dict[str, int | None], body: bytes,
+                  use_wrk: bool, workdir: Path) -> None:
+    """One py-spy pass per ext_proc path under the benchmark's load; writes DIR/PROFILE-RUN.md."""
+    args.profile.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for name, url in urls.items():
+        pid = pids[name]
+        if pid is None:
+            continue
+        stacks = args.profile / f"{name}.txt"
+        perf_data = args.profile / f"{name}.perf.data"
+        spy = profile.record_perf(pid, args.seconds, perf_data) if args.profile_perf \
+            else profile.record(pid, args.seconds, stacks, native=args.profile_native)
+        if use_wrk:
+            run_wrk(url, body, args.concurrency, args.seconds, workdir)
+        else:
+            run_python(url, body, args.concurrency, args.seconds)
+        spy.wait(timeout=args.seconds + 60)
+        if args.profile_perf:
+            sections.append(f"## {name}\n\n{profile.perf_by_library(perf_data)}")
+        else:
+            sections.append(f"## {name}\n\n{profile.report(stacks.read_text()) if stacks.exists() else '(no output)'}")
+    (args.profile / "PROFILE-RUN.md").write_text("\n".join(sections))
+    print(f"profiles written to {args.profile}", flush=True)
 
 
 def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:

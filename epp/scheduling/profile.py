@@ -112,8 +112,7 @@ class SchedulerProfile:
             if len(scores) != len(totals):
                 raise ValueError(f"scorer {name} returned {len(scores)} scores for {len(totals)} endpoints")
             clamped = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
-            for i, s in enumerate(clamped):
-                totals[i] += s * weight
+            totals = [t + s * weight for t, s in zip(totals, clamped, strict=True)]
             if trace is not None:
                 trace.scored(self.name, name, weight, names, clamped)
         return [ScoredEndpoint(ep, total) for ep, total in zip(endpoints, totals, strict=True)]
