@@ -114,6 +114,9 @@ class Engine:
     def waiting_loras(self) -> list[str]:
         return sorted(self.scheduler.waiting_loras())
 
+    def scheduled_loras(self) -> list[str]:
+        return sorted(self.scheduler.scheduled_loras())
+
     # --- KV events ---------------------------------------------------------------------------
     def publish_kv_events(self, sink: EventSink) -> None:
         """Record block stores, evictions and clears from now on; one batch per step goes to ``sink``."""

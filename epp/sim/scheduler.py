@@ -71,6 +71,12 @@ class Scheduler:
     def waiting_loras(self) -> set[str]:
         return {r.lora for r in self.waiting if r.lora is not None}
 
+    def scheduled_loras(self) -> set[str]:
+        """Adapters with a request that has been scheduled and not finished: running, or
+        preempted back to waiting (what vLLM 0.32 tracks; a request never scheduled is not)."""
+        return self.running_loras() | {r.lora for r in self.waiting
+                                       if r.lora is not None and r.first_scheduled is not None}
+
     def schedule(self, now: float) -> StepPlan:
         """Pick the next step's work; an empty plan means nothing can run now."""
         plan = StepPlan()

@@ -87,8 +87,8 @@ def lora_score(endpoint: Endpoint, adapter: str) -> float:
                      id="1 of 2 slots (merged lists, nothing queued): running, and a new adapter scores 0.8"),
         pytest.param(lora_line("ad1", "ad1", 11.0) + lora_line("ad1,ad2", "ad1,ad2", 12.0), 0, {"ad1", "ad2"},
                      set(), 0.0, id="2 of 2 slots: no free slot for a new adapter"),
-        pytest.param(lora_line("ad1", "ad1", 11.0) + lora_line("ad1,ad2", "ad1,ad2", 12.0), 3, set(),
-                     {"ad1", "ad2"}, 0.0, id="2 of 2 with requests queued: neither adapter counts as running"),
+        pytest.param(lora_line("ad1", "ad1", 11.0) + lora_line("ad1,ad2", "ad1,ad2", 12.0), 3, {"ad1", "ad2"},
+                     set(), 0.0, id="2 of 2 with requests queued: both listed adapters were scheduled, so run"),
     ],
 )
 def test_vllm_0_32_merged_lists(setup: Setup, lora: str, waiting: int, active: set[str], queued: set[str],
@@ -100,11 +100,21 @@ def test_vllm_0_32_merged_lists(setup: Setup, lora: str, waiting: int, active: s
 
 
 def test_an_adapter_only_queued_on_a_0_32_server_is_not_running(setup: Setup) -> None:
-    # ad1 runs, ad2 waits for its first step: 0.32 lists both in both labels.
-    setup.scrape(page(lora=lora_line("ad1", "ad1", 11.0) + lora_line("ad1,ad2", "ad1,ad2", 12.0), waiting=1,
-                      running=1))
-    assert lora_score(setup.endpoint, "ad2") == 0.6  # waiting there, no free slot; never 1.0
+    # ad1 runs, ad2's request waits for its first step: 0.32 lists only adapters it has scheduled.
+    setup.scrape(page(lora=lora_line("", "", 10.0) + lora_line("ad1", "ad1", 11.0), waiting=1, running=1))
+    assert lora_score(setup.endpoint, "ad1") == 1.0
+    assert lora_score(setup.endpoint, "ad2") == 0.8  # a free slot, never 1.0
     assert "ad2" not in setup.endpoint.metrics.active_models
+
+
+def test_the_page_recorded_from_real_vllm_0_32_with_adapters_running_and_queued(setup: Setup) -> None:
+    # Two of two slots (ad1, ad2) busy, ad3's two requests queued; recorded from vLLM 0.32.
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32" / "metrics-lora-waiting-running.txt"
+    setup.scrape(fixture.read_text())
+    m = setup.endpoint.metrics
+    assert (m.active_models, m.waiting_models, m.max_active_models, m.waiting_queue_size) == \
+        ({"ad1", "ad2"}, frozenset(), 2, 2)
+    assert [lora_score(setup.endpoint, a) for a in ("ad1", "ad2", "ad3")] == [1.0, 1.0, 0.0]
 
 
 def test_older_vllm_split_lists_are_read_as_they_are(setup: Setup) -> None:

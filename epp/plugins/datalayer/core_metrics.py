@@ -158,7 +158,7 @@ class CoreMetricsExtractor(BasePlugin):
             else:
                 missing.append(str(spec))
         if engine.lora is not None and (samples := _matching(data, engine.lora)):
-            lora = read_lora_info(samples, updates.get("waiting_queue_size"))
+            lora = read_lora_info(samples)
             updates["active_models"] = lora.running
             updates["waiting_models"] = lora.waiting
             if lora.max_lora is not None:

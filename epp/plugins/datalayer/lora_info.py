@@ -10,19 +10,21 @@ Two label layouts exist, told apart from the page itself:
 
 * **Split** (older vLLM, v0 and early v1): the adapters of running requests and those of
   waiting requests, computed separately from the scheduler's queues.
-* **Merged** (vLLM 0.32; ``LoRARequestStates.update_scheduler_stats`` in
-  ``vllm/v1/metrics/stats.py``): every adapter with any request gets an entry, with a
-  count, in *both* dicts (a count of 0 included), and the logger joins only the dicts'
-  keys. Both labels therefore always list the same adapters in the same order, and which
-  of them actually run is lost.
+* **Merged** (vLLM 0.32; ``LoRARequestStates`` in ``vllm/v1/metrics/stats.py``): vLLM
+  tracks, per adapter, the requests it has *scheduled* and not finished (running, or
+  preempted back to waiting), and the logger joins only the adapter names into both
+  labels. Both labels therefore list the same adapters; an adapter whose requests are all
+  still queued is in neither (observed on real vLLM 0.32 with three adapters, ad3's
+  requests only queued: ``running="ad1,ad2" waiting="ad1,ad2"``;
+  tests/fixtures/vllm-0.32/metrics-lora-waiting-running.txt).
 
 The layout is merged when every sample on the page that lists adapters lists the same ones
 in both labels; a split page almost always shows some state where they differ.
 
-In the merged layout an adapter is known to run only when the engine has no waiting
-request (``vllm:num_requests_waiting`` is 0, set from the same engine step). Otherwise its
-state is unknown and it counts as waiting: a queued adapter must not look loaded, and it
-holds one slot either way (a listed adapter is never counted twice).
+In the merged layout every listed adapter has been scheduled, so it holds (or held, if
+preempted) an adapter slot: it counts as running, once. Adapters only queued are not
+visible; they take a free slot when scheduled, which is what the scorer's free-slot tier
+says.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _merged(samples: Sequence[Sample]) -> bool:
     return listing
 
 
-def read_lora_info(samples: Sequence[Sample], waiting_requests: int | None) -> LoraState:
-    """Interpret the family's samples (at least one); ``waiting_requests`` is from the same page."""
+def read_lora_info(samples: Sequence[Sample]) -> LoraState:
+    """Interpret the family's samples (at least one)."""
     newest = max(samples, key=lambda s: s.value)
     running = frozenset(_names(newest.labels.get(RUNNING_LABEL, "")))
     waiting = frozenset(_names(newest.labels.get(WAITING_LABEL, "")))
@@ -78,9 +80,6 @@ def read_lora_info(samples: Sequence[Sample], waiting_requests: int | None) -> L
     except (ValueError, OverflowError):
         max_lora, bad = None, raw_max
     if _merged(samples):
-        adapters = running | waiting
-        if waiting_requests == 0:
-            return LoraState(adapters, frozenset(), max_lora, True, bad)
-        return LoraState(frozenset(), adapters, max_lora, True, bad)
+        return LoraState(running | waiting, frozenset(), max_lora, True, bad)
     # Split layout: an adapter with requests both running and waiting is running.
     return LoraState(running, waiting - running, max_lora, False, bad)

@@ -34,6 +34,8 @@ class EngineView(Protocol):
 
     def waiting_loras(self) -> list[str]: ...
 
+    def scheduled_loras(self) -> list[str]: ...
+
 
 class MetricsSink(Protocol):
     """Event hooks plus the page itself."""

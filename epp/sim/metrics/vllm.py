@@ -11,11 +11,13 @@ the engine at render time; counters and histograms are updated by engine events.
 * ``vllm:lora_requests_info`` is a gauge whose value is the time of the last engine step.
   As in vLLM 0.32 (``LoRARequestStates.update_scheduler_stats`` in
   ``vllm/v1/metrics/stats.py``, joined by ``loggers.py``), *both* ``running_lora_adapters``
-  and ``waiting_lora_adapters`` list every adapter that has any request, running or
-  waiting, in the order they got one: the lists are always equal and say nothing of which
-  adapter runs. The family is on the page only when LoRA is enabled (here: adapters given
-  with ``--lora-modules``; vLLM: ``--enable-lora``) and has no sample before the first
-  engine step. ``disjoint_lora_lists=True`` gives older vLLM's labels instead (the adapters
+  and ``waiting_lora_adapters`` list every adapter with a request that has been scheduled
+  and not finished (running, or preempted back to waiting), in the order they got one: the
+  lists are always equal. An adapter whose requests are all still queued is in neither
+  (observed on real vLLM 0.32: three adapters with requests, ad3's only queued, listed
+  ``ad1,ad2`` in both labels; see tests/fixtures/vllm-0.32/). The family is on the page
+  only when LoRA is enabled (``--enable-lora`` or ``--lora-modules``) and has no sample
+  before the first engine step. ``disjoint_lora_lists=True`` gives older vLLM's labels instead (the adapters
   of running requests, and those of waiting requests). Every combination seen stays on the
   page (vLLM never removes a label set); readers take the newest value. The simulator
   keeps the last ``_LORA_INFO_SERIES`` combinations, and stamps a combination that just
@@ -194,10 +196,9 @@ class VllmMetrics:
 
     def _lora_labels(self) -> tuple[str, str]:
         """(waiting, running) label values."""
-        running, waiting = self._view.running_loras(), self._view.waiting_loras()
         if self._disjoint_lora_lists:
-            return ",".join(waiting), ",".join(running)
-        present = set(running).union(waiting)
+            return ",".join(self._view.waiting_loras()), ",".join(self._view.running_loras())
+        present = set(self._view.scheduled_loras())
         order = self._lora_order
         for gone in [name for name in order if name not in present]:
             del order[gone]

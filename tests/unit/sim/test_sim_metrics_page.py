@@ -25,6 +25,7 @@ class FakeView:
     usage: float = 0.25
     running: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)  # waiting again after being scheduled
 
     def kv_usage(self) -> float:
         return self.usage
@@ -37,6 +38,9 @@ class FakeView:
 
     def waiting_loras(self) -> list[str]:
         return self.waiting
+
+    def scheduled_loras(self) -> list[str]:
+        return sorted(set(self.running) | set(self.preempted))
 
 
 def families(page: bytes) -> dict[str, Metric]:
@@ -132,16 +136,18 @@ def test_lora_info_is_absent_without_lora_and_has_no_sample_before_the_first_ste
     assert len(lora_samples(metrics)) == 1
 
 
-def test_lora_info_lists_every_adapter_with_a_request_in_both_labels_as_vllm_0_32_does() -> None:
+def test_lora_info_lists_every_scheduled_adapter_in_both_labels_as_vllm_0_32_does() -> None:
     view = FakeView()
     metrics = VllmMetrics(SimConfig(max_loras=2, lora_modules=LORA), view)
     metrics.on_step(StepPlan(), 1.0)
     assert [s.labels["running_lora_adapters"] for s in lora_samples(metrics)] == [""]
-    view.running, view.waiting = ["sql"], ["chat"]
+    view.running, view.waiting = ["sql"], ["chat"]  # chat's request was never scheduled: not listed
     assert len(lora_samples(metrics)) == 2  # the idle label set stays on the page, as in prometheus_client
-    assert {"max_lora": "2", "running_lora_adapters": "chat,sql",
-            "waiting_lora_adapters": "chat,sql"} in newest_labels(metrics)
-    view.running, view.waiting = ["sql", "tool"], []  # chat finished; tool arrived after sql
+    assert {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": "sql"} in newest_labels(metrics)
+    view.running, view.waiting, view.preempted = ["sql"], ["chat"], ["chat"]  # chat ran, then was preempted
+    assert {"max_lora": "2", "running_lora_adapters": "sql,chat",  # in the order they were first listed
+            "waiting_lora_adapters": "sql,chat"} in newest_labels(metrics)
+    view.running, view.waiting, view.preempted = ["sql", "tool"], [], []  # chat finished; tool came after sql
     assert {"max_lora": "2", "running_lora_adapters": "sql,tool",
             "waiting_lora_adapters": "sql,tool"} in newest_labels(metrics)
 
