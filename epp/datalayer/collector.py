@@ -17,6 +17,20 @@ Freshness (``has_fresh_data``): the server's readiness asks whether any endpoint
 successful scrape within ``freshness_bound``; a dead or stuck collector stops producing
 successes, so readiness falls instead of the picker routing on frozen numbers.
 
+Idle backoff (``idle_interval``): rendering ``/metrics`` costs the model server's API
+process CPU (real vLLM 0.32 on CPU, a 53 KB page: about 4 ms of CPU and 9 ms wall per
+scrape, so every 50 ms takes 8% of a core, 64x its idle CPU, from the process that also
+serves requests; ``benchmarks/scrape/vllm_cost.py``). An endpoint whose
+last scrape succeeded and shows nothing waiting or running, with no dispatch from this
+picker still pending on it, is scraped every ``idle_interval`` instead. While it sleeps
+the collector looks at it every ``interval`` (no request to the server): a dispatch
+(``epp.datalayer.dispatch``) makes it busy, and its scrape then comes within one normal
+interval, as without the backoff. A failed scrape also ends the backoff, so a dead server
+is marked not ready after ``unready_after`` normal ticks. What it costs: load put on an
+idle server by someone else (another picker, a client bypassing the gateway) is seen up to
+``idle_interval`` late, and with ``--no-dispatch-accounting`` so are this picker's own
+requests to it.
+
 Dispatch estimates (``epp.datalayer.dispatch``): each fetch's start time is set on the
 endpoint while its page is extracted, so a page fetched from before a dispatch keeps that
 dispatch's estimate on top; every tick, success or not, ends by expiring the dispatches no
@@ -49,7 +63,8 @@ def freshness_bound(interval: float, timeout: float) -> float:
     """How old the newest successful scrape may be before no endpoint counts as fresh.
 
     Three ticks that each hit the timeout (a late tick plus two slow ones) still leave
-    data fresh; below 2 s, scheduling jitter alone could flap readiness.
+    data fresh; below 2 s, scheduling jitter alone could flap readiness. ``interval`` is
+    the one the endpoint is scraped at now (the idle one while it is idle).
     """
     return max(3 * interval + timeout, _MIN_FRESHNESS)
 
@@ -68,12 +83,16 @@ class EndpointHealth:
     consecutive_failures: int
     last_success: float  # time.monotonic(); 0.0 = never
     last_error: str
+    scrape_interval: float = 0.0  # what its next scrape waits: the idle interval while it is idle
 
 
 class _State:
-    __slots__ = ("failures", "last_success", "last_error", "extract_errors")
+    __slots__ = ("failures", "last_success", "last_error", "extract_errors", "interval", "freshness_bound")
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.05, freshness: float = _MIN_FRESHNESS) -> None:
+        # The interval this endpoint's next scrape is due after (longer while idle), and its bound.
+        self.interval = interval
+        self.freshness_bound = freshness
         self.failures = 0
         self.last_success = 0.0
         self.last_error = ""
@@ -89,6 +108,7 @@ class Collector:
         timeout: float = 1.0,
         unready_after: int = 3,
         estimate_ttl: float | None = None,
+        idle_interval: float | None = None,
         on_scrape_error: Callable[[str], None] | None = None,
         on_scraped: Callable[[], None] | None = None,
     ) -> None:
@@ -97,6 +117,8 @@ class Collector:
         self.interval = interval
         self.timeout = timeout
         self.unready_after = unready_after
+        # None or anything not above the interval: no backoff, every endpoint every interval.
+        self.idle_interval = max(interval, idle_interval or interval)
         # A dispatch waits at most one interval (plus one for a late tick) for a fetch to
         # start after it, and that fetch takes at most the timeout: any older estimate is one
         # no page will ever settle.
@@ -105,6 +127,7 @@ class Collector:
         # Called after every scrape of an endpoint (the flow controller re-reads saturation).
         self.on_scraped = on_scraped
         self.freshness_bound = freshness_bound(interval, timeout)
+        self.idle_freshness_bound = freshness_bound(self.idle_interval, timeout)
         self._group: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._states: dict[str, _State] = {}
@@ -134,7 +157,12 @@ class Collector:
         except RuntimeError:  # the group is shutting down: no new scrapes
             poll.close()
             return
-        self._states[endpoint.name] = _State()
+        self._states[endpoint.name] = _State(self.interval, self.freshness_bound)
+
+    def endpoint_restarted(self, endpoint: Endpoint) -> None:
+        """The model server restarted: its scrape task (which is running the extractor that
+        noticed) goes on; only plugins' per-endpoint state is dropped."""
+        return None
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         task = self._tasks.pop(endpoint.name, None)
@@ -143,15 +171,27 @@ class Collector:
         self._states.pop(endpoint.name, None)
 
     def health(self) -> list[EndpointHealth]:
-        return [EndpointHealth(name, s.failures, s.last_success, s.last_error) for name, s in self._states.items()]
+        return [EndpointHealth(name, s.failures, s.last_success, s.last_error, s.interval)
+                for name, s in self._states.items()]
 
     def has_fresh_data(self, now: float | None = None) -> bool:
         """False only when scraping is configured, the pool has members and none of them
-        had a successful scrape within ``freshness_bound`` (including: none yet)."""
+        had a successful scrape within its ``freshness_bound`` (including: none yet); an idle
+        endpoint's bound follows ``idle_interval``."""
         if not self.bindings or not self.pool.endpoints():
             return True
-        oldest = (time.monotonic() if now is None else now) - self.freshness_bound
-        return any(state.last_success > 0.0 and state.last_success >= oldest for state in self._states.values())
+        now = time.monotonic() if now is None else now
+        return any(state.last_success > 0.0 and state.last_success >= now - state.freshness_bound
+                   for state in self._states.values())
+
+    def is_idle(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` may wait ``idle_interval`` for its next scrape: its last scrape
+        succeeded and, with this picker's pending dispatches counted, nothing waits or runs."""
+        state = self._states.get(endpoint.name)
+        if state is None or state.failures or state.last_success == 0.0:
+            return False
+        metrics = endpoint.metrics
+        return metrics.waiting_queue_size == 0 and metrics.running_requests_size == 0
 
     def _report_error(self, endpoint: Endpoint) -> None:
         if self.on_scrape_error is not None:
@@ -171,7 +211,22 @@ class Collector:
                 await self._tick(endpoint, state)
             except Exception:  # noqa: BLE001 - a bug in one tick must not stop every endpoint's scrapes
                 log.exception("endpoint %s: collector tick failed", endpoint.name)
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+            await self._wait_for_next_tick(endpoint, state, started, loop)
+
+    async def _wait_for_next_tick(self, endpoint: Endpoint, state: _State, started: float,
+                                  loop: asyncio.AbstractEventLoop) -> None:
+        """One interval after ``started``; while the endpoint stays idle, up to ``idle_interval``."""
+        idle = self.idle_interval > self.interval and self.is_idle(endpoint)
+        state.interval = self.idle_interval if idle else self.interval
+        state.freshness_bound = self.idle_freshness_bound if idle else self.freshness_bound
+        await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+        if not idle:
+            return
+        # Looking costs no request to the server; a dispatch ends the wait within one interval.
+        deadline = started + self.idle_interval
+        while (remaining := deadline - loop.time()) > 0 and self.is_idle(endpoint):
+            await asyncio.sleep(min(self.interval, remaining))
+        state.interval, state.freshness_bound = self.interval, self.freshness_bound
 
     async def _tick(self, endpoint: Endpoint, state: _State) -> None:
         error = ""

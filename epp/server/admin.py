@@ -184,7 +184,8 @@ def build_admin_app(
                 },
                 "custom": {key: {"value": c.value, "ageSeconds": round(now - c.update_time, 3)}
                            for key, c in sorted(ep.custom.items())},
-                "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error} if h else None,
+                "scrape": {"consecutiveFailures": h.consecutive_failures, "lastError": h.last_error,
+                           "intervalSeconds": h.scrape_interval} if h else None,
                 "passiveHealth": outlier_view(ep, now),
                 **(endpoint_details(ep.name) if endpoint_details is not None else {}),
             })

@@ -7,7 +7,8 @@ pool-file and objectives-file watchers, the flow controller's dispatch loop) und
 ``BackgroundTasks`` supervisor, and the readiness watch →
 readiness SERVING once data is fresh: with scraping configured and a non-empty pool, some endpoint
 had a successful scrape within ``max(3 × interval + scrape timeout, 2 s)``
-(``epp.datalayer.collector.freshness_bound``). So readiness is NOT_SERVING until the
+(``epp.datalayer.collector.freshness_bound``; for an endpoint resting at the idle scrape
+interval, the same bound of that interval). So readiness is NOT_SERVING until the
 first good scrape, and again whenever the collector is dead or every endpoint unscrapable.
 
 Shutdown (``stop``): readiness NOT_SERVING; for ``shutdown_delay`` the picker keeps
@@ -92,6 +93,9 @@ class ServeOptions:
     pool_file: Path | None = None
     pool_name: str = "default"
     refresh_metrics_interval: float = 0.05
+    # Idle endpoints are scraped this often instead (0: never back off). `epp serve` defaults
+    # to 0.5 s; 0 here keeps tests that build options directly on the plain interval.
+    idle_scrape_interval: float = 0.0
     scrape_timeout: float = 1.0
     unready_after_failures: int = 3
     honor_subset_hint: bool = True
@@ -241,6 +245,8 @@ class PickerServer:
                             ("--scrape-timeout", opts.scrape_timeout)):
             if value <= 0:
                 raise ConfigError(flag, "must be greater than zero", value)
+        if opts.idle_scrape_interval < 0:
+            raise ConfigError("--idle-scrape-interval", "must be at least 0 (0 disables)", opts.idle_scrape_interval)
         if opts.unready_after_failures < 1:
             raise ConfigError("--unready-after-failures", "must be at least 1", opts.unready_after_failures)
         if opts.max_request_body_bytes < 1:
@@ -307,6 +313,9 @@ class PickerServer:
         scrape_errors = self.metrics.endpoint_scrape_errors
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures,
+                                   # Only this picker's dispatches wake an idle endpoint: no accounting, no backoff.
+                                   idle_interval=(self.options.idle_scrape_interval or None)
+                                   if self.options.account_dispatches else None,
                                    on_scrape_error=lambda name: scrape_errors.labels(name).inc(),
                                    on_scraped=self.flow_controller.notify if self.flow_controller else None)
         self.health.fresh = self.collector.has_fresh_data

@@ -73,6 +73,11 @@ def add_parser(subparsers: Any) -> None:
     cfg.add_argument("--pool-name", default="default", help="pool name used in metric labels (default: %(default)s)")
     cfg.add_argument("--refresh-metrics-interval", type=_duration, default=0.05,
                      help="model-server scrape interval, Go duration (default: 50ms)")
+    cfg.add_argument("--idle-scrape-interval", type=_duration, default=0.5,
+                     help="scrape interval of an endpoint with nothing waiting or running and no request routed "
+                          "there since its last scrape (scraping costs the model server's API process CPU); a routed "
+                          "request brings it back to --refresh-metrics-interval within one interval; 0 disables "
+                          "(default: 500ms)")
     cfg.add_argument("--scrape-timeout", type=_duration, default=1.0, help="scrape timeout (default: 1s)")
     cfg.add_argument("--unready-after-failures", type=int, default=3,
                      help="consecutive failed scrapes before an endpoint gets no new requests (default: %(default)s)")
@@ -147,6 +152,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         metrics_port=args.metrics_port, config_file=args.config_file, config_text=args.config_text,
         endpoints=args.endpoints, pool_file=args.pool_file, pool_name=args.pool_name,
         refresh_metrics_interval=args.refresh_metrics_interval, scrape_timeout=args.scrape_timeout,
+        idle_scrape_interval=args.idle_scrape_interval,
         unready_after_failures=args.unready_after_failures,
         honor_subset_hint=not args.disable_endpoint_subset_filter,
         max_request_body_bytes=args.max_request_body_bytes, decision_log_size=args.decision_log_size,

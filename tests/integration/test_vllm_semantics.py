@@ -106,6 +106,9 @@ async def test_the_servers_own_prefix_cache_hit_rate_is_shown_and_exported(
     """vLLM leaves ``prompt_tokens_details`` out of usage by default; its counters still tell the hit rate."""
     address = f"127.0.0.1:{sim_process.port}"
     picker = await start_picker(endpoints=address, config=SCRAPING_CONFIG)
+    endpoint = picker.pool.endpoints()[0]
+    # The rate is over what the picker saw change; lookups before its first scrape are history.
+    await eventually(lambda: endpoint.metrics.process_start_time > 0, what="a first scrape")
     prompt = "Summarise the following contract clause by clause. " * 40
     async with aiohttp.ClientSession() as http:
         for _ in range(3):  # the first request fills the cache, the next two hit it
@@ -127,3 +130,46 @@ async def test_the_servers_own_prefix_cache_hit_rate_is_shown_and_exported(
             exported = [line for line in (await page.text()).splitlines()
                         if line.startswith("epp_endpoint_prefix_cache_hit_ratio{")]
     assert exported and f'pod_name="{address}"' in exported[0]
+
+
+FILTERED_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: metrics-data-source
+  parameters: {path: /metrics/, filterSeries: true}
+- type: core-metrics-extractor
+- type: queue-scorer
+dataLayer:
+  sources:
+  - pluginRef: metrics-data-source
+    extractors:
+    - pluginRef: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+"""
+
+
+async def test_scraping_only_the_wanted_series_reads_the_same_values_from_a_page_a_twentieth_the_size(
+        start_picker: Any, sim_process: SimProcess) -> None:
+    """``filterSeries`` asks ``/metrics/`` for the series the extractors read, as vLLM's
+    prometheus_client app serves them; the picker's view is the same as from the whole page."""
+    address = f"127.0.0.1:{sim_process.port}"
+    picker = await start_picker(endpoints=address, config=FILTERED_CONFIG)
+    endpoint = picker.pool.endpoints()[0]
+    await eventually(lambda: endpoint.metrics.process_start_time > 0 and endpoint.metrics.cache_num_blocks > 0,
+                     what="a filtered scrape with the start time and cache info")
+    assert endpoint.metrics.cache_block_size == SimConfig().block_size
+    assert endpoint.metrics.prefix_cache_queries == 0
+    source = next(p for p in picker.config.plugins.values() if p.typed_name.type == "metrics-data-source")
+    url = source.url(endpoint)  # type: ignore[attr-defined]
+    assert "name[]=vllm:num_requests_waiting" in url and "name[]=process_start_time_seconds" in url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as filtered:
+            small = await filtered.read()
+        async with http.get(f"http://{address}/metrics") as whole:
+            big = await whole.read()
+    assert len(small) * 10 < len(big)
+    assert b"vllm:num_requests_waiting{" in small and b"vllm:generation_tokens_total" not in small

@@ -4,7 +4,11 @@ One HTTP GET per endpoint per collector tick; the page is parsed once, for only 
 series its extractors declared (``wanted_series()``), and the resulting
 ``ScrapedSeries`` is pushed to every extractor. Parameters: ``scheme`` (``http`` or
 ``https``), ``path`` (``/metrics``), ``insecureSkipVerify`` (``true``: accept any
-certificate on https, as model servers usually run self-signed).
+certificate on https, as model servers usually run self-signed), ``filterSeries``
+(``true``: ask for only the wanted series with ``name[]=`` query parameters, which
+``prometheus_client``'s own handler honours; for vLLM use ``path: /metrics/``, whose page
+then shrinks from ~50 KB to ~2 KB and costs vLLM's API process ~0.3x the CPU per scrape;
+a server that ignores the query answers the whole page, which still works).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import aiohttp
 
@@ -40,6 +45,7 @@ class MetricsSourceParams:
     scheme: Literal["http", "https"] = "http"
     path: str = "/metrics"
     insecure_skip_verify: bool = True
+    filter_series: bool = False
 
     def __post_init__(self) -> None:
         require(self.path.startswith("/"), "path", "must start with '/'", self.path)
@@ -84,7 +90,15 @@ class MetricsDataSource(BasePlugin):
         return self._session
 
     def url(self, endpoint: Endpoint) -> str:
-        return f"{self.params.scheme}://{endpoint.metadata.metrics_hostport}{self.params.path}"
+        base = f"{self.params.scheme}://{endpoint.metadata.metrics_hostport}{self.params.path}"
+        if not self.params.filter_series:
+            return base
+        wanted = sorted(self.wanted_series(endpoint))
+        if not wanted:
+            return base
+        # Exact sample names: a counter's series is read as <name>_total (promtext's names).
+        query = "&".join(f"name[]={quote(name, safe=':')}" for name in wanted)
+        return f"{base}{'&' if '?' in base else '?'}{query}"
 
     async def collect(self, endpoint: Endpoint) -> ScrapedSeries:
         try:

@@ -27,6 +27,7 @@ from epp.sim.api.context import ReplicaContext
 from epp.sim.api.inference import InferenceRoutes
 from epp.sim.chat_template import render_chat
 from epp.sim.errors import BadRequest
+from epp.sim.metrics.restrict import restrict_page
 from epp.sim.openai_request import ParsedRequest, RequestKind, load_json
 
 __all__ = ["InfoRoutes"]
@@ -56,6 +57,7 @@ class InfoRoutes:
             web.get("/v1/models", self.models),
             web.get("/health", self.health),
             web.get("/metrics", self.metrics),
+            web.get("/metrics/", self.metrics),
             web.post("/tokenize", self.tokenize),
             web.post("/v1/completions/render", self.render_completion),
             web.post("/v1/chat/completions/render", self.render_chat),
@@ -77,6 +79,10 @@ class InfoRoutes:
         custom = self._ctx.custom.render()
         if custom:
             body += custom.encode()
+        # As vLLM: only /metrics/ (prometheus_client's app) honours name[]; /metrics ignores it.
+        names = request.query.getall("name[]", [])
+        if names and request.path.endswith("/"):
+            body = restrict_page(body.decode(), frozenset(names)).encode()
         return web.Response(body=body, headers={"Content-Type": sink.content_type})
 
     async def models(self, request: web.Request) -> web.Response:
