@@ -103,6 +103,7 @@ class ServeOptions:
     max_inflight_body_bytes: int = 1024 * 1024 * 1024
     honor_rewrite_header: bool = True
     honor_criticality_header: bool = True
+    plain_errors: bool = False  # Go's text/plain error bodies instead of OpenAI's JSON error object
     objectives_file: Path | None = None
     decision_log_size: int = 256
     account_dispatches: bool = True
@@ -433,7 +434,8 @@ class PickerServer:
         opts = self.options
         extproc = self._grpc_server(opts.max_request_body_bytes + _GRPC_MESSAGE_OVERHEAD)
         self._extproc = ExtProcServicer(self.director, opts.max_request_body_bytes,
-                                        max_inflight_body_bytes=opts.max_inflight_body_bytes)
+                                        max_inflight_body_bytes=opts.max_inflight_body_bytes,
+                                        plain_errors=opts.plain_errors)
         pb_grpc.add_ExternalProcessorServicer_to_server(self._extproc, extproc)
         # Health on the ext_proc port too (over TLS when ext_proc is), so Envoy's gRPC
         # health check can target the cluster it already talks to.

@@ -62,6 +62,9 @@ def add_parser(subparsers: Any) -> None:
     sec.add_argument("--ignore-criticality-header", action="store_true",
                      help="ignore a client-sent x-workload-criticality: every request counts as criticality 3 "
                           "(for gateways where clients must not rank their own requests)")
+    sec.add_argument("--plain-errors", action="store_true",
+                     help="answer the picker's own errors with the Go EPP's text/plain body "
+                          "(inference error: <Code> - <message>) instead of OpenAI's JSON error object")
     cfg = p.add_argument_group("configuration")
     cfg.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
     cfg.add_argument("--config-text", help="EndpointPickerConfig YAML text")
@@ -147,6 +150,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         honor_rewrite_header=not args.ignore_model_rewrite_header,
         admin_rate_limit=args.admin_rate_limit or None, admin_rate_burst=args.admin_rate_burst,
         honor_criticality_header=not args.ignore_criticality_header, objectives_file=args.objectives_file,
+        plain_errors=args.plain_errors,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
         grpc_port=args.grpc_port, grpc_health_port=grpc_health_port(args),
         metrics_port=args.metrics_port, config_file=args.config_file, config_text=args.config_text,

@@ -428,8 +428,11 @@ def _observes_responses(context: grpc.aio.ServicerContext) -> bool:
 
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated gRPC base: no types
     def __init__(self, director: Director, max_request_body: int = 64 * 1024 * 1024,
-                 max_inflight_body_bytes: int = 1024 * 1024 * 1024, observed: ObservedRequests | None = None) -> None:
+                 max_inflight_body_bytes: int = 1024 * 1024 * 1024, observed: ObservedRequests | None = None,
+                 plain_errors: bool = False) -> None:
         self.director = director
+        # The Go EPP's text/plain error bodies instead of OpenAI's JSON error object.
+        self.plain_errors = plain_errors
         # Requests routed with the fast config, waiting for their observation stream.
         self.observed = observed if observed is not None else ObservedRequests(director.finish)
         self.max_request_body = max_request_body
@@ -462,7 +465,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc] 
                                         f"request {stream.ctx.request_id if stream.ctx else '?'} failed")
                     error = InternalError(f"internal error: {type(exc).__name__}")
                 if error is not None:
-                    yield messages.immediate_response(error)
+                    yield messages.immediate_response(error, self.plain_errors)
                     return
                 for response in responses:
                     yield response

@@ -63,7 +63,11 @@ async def test_malformed_json_gets_400_through_envoy(stack: Stack) -> None:
     assert reply.status == 400
     assert error_message(reply.body).startswith("inference error: BadRequest - ")
     assert missing_model.status == 400
-    assert b"model not found in request body" in missing_model.body
+    # What an OpenAI SDK reads: a JSON error object naming the field, with the reason.
+    assert missing_model.headers["content-type"] == "application/json"
+    error = orjson.loads(missing_model.body)["error"]
+    assert (error["type"], error["param"], error["code"]) == ("BadRequestError", "model", 400)
+    assert "model not found in request body" in error["message"] and "no default model" in error["message"]
     assert fine.status == 200
 
 

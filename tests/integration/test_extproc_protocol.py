@@ -6,9 +6,11 @@ import orjson
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as modes
 
+from epp.plugins.parsers.openai import MISSING_MODEL_MESSAGE
 from epp.server.app import PickerServer
 from epp.testing import ExtProcClient
 from epp.testing.errors import error_message
+from tests.integration.conftest import PickerFactory
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ENDPOINTS = {"10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"}
@@ -247,3 +249,13 @@ async def test_streamed_response_mode_passes_bodies_unchanged(envoy: ExtProcClie
                                   response_headers={"content-type": "application/json"}, response_chunks=[response])
     reply = result.responses[-1].response_body.response
     assert not reply.HasField("body_mutation")  # length cannot change after headers left
+
+
+async def test_plain_errors_answer_the_go_epps_exact_text_body(start_picker: PickerFactory) -> None:
+    picker = await start_picker(plain_errors=True)
+    async with ExtProcClient(f"127.0.0.1:{picker.grpc_port}") as envoy:
+        result = await envoy.exchange(orjson.dumps({"prompt": "hi"}))
+    assert result.status == 400 and result.immediate is not None
+    assert result.immediate.body.decode() == f"inference error: BadRequest - {MISSING_MODEL_MESSAGE}"
+    types = {h.header.key: h.header.raw_value.decode() for h in result.immediate.headers.set_headers}
+    assert types["content-type"] == "text/plain; charset=utf-8"
