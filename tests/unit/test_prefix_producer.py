@@ -276,20 +276,28 @@ async def test_token_estimates_use_the_learned_ratio_of_the_requests_model(
     assert (request_chars_per_token(other), request_prompt_tokens(other)) == (4.0, 250)
 
 
-async def test_a_ratio_change_invalidates_the_models_old_entries(
+async def test_a_ratio_change_keeps_affinity_while_the_prefix_is_recorded_at_the_new_size(
     create: Any, make_endpoint: Any, make_request: Any, routed: Any
 ) -> None:
-    # Entries hashed at 4 chars/token stop matching once 2 is adopted (blocks of another
-    # length); the next request re-records the prefix at the new size.
+    # Entries hashed at 4 chars/token cannot match hashes at 2 (blocks of another length), so
+    # for a while the prompt is also matched at the old size: the switch loses no affinity.
     producer = create("approx-prefix-cache-producer")
-    a = make_endpoint("a")
-    await route(producer, make_request(PROMPT), [a], routed(a))
-    assert (await prepare(producer, make_request(PROMPT), [a])).matches == {"a": 4}
+    now = [0.0]
+    producer._clock = lambda: now[0]
+    a, b = make_endpoint("a"), make_endpoint("b")
+    other = bytes(reversed(PROMPT))
+    await route(producer, make_request(PROMPT), [a, b], routed(a))
+    await route(producer, make_request(other), [a, b], routed(b))
     for _ in range(8):
-        await serve(producer, a, routed, make_request, b"x" * 2000, 1000)
-    assert (await prepare(producer, make_request(PROMPT), [a])).matches == {}
-    await route(producer, make_request(PROMPT), [a], routed(a))
-    assert (await prepare(producer, make_request(PROMPT), [a])) == PrefixMatch(8, 16, {"a": 8})
+        await serve(producer, b, routed, make_request, b"x" * 2000, 1000)
+    assert producer.token_ratios.chars_per_token("m") == 2.0
+    assert (await prepare(producer, make_request(PROMPT), [a, b])) == PrefixMatch(8, 16, {"a": 4})
+    await route(producer, make_request(PROMPT), [a, b], routed(a))  # recorded at the new size
+    assert (await prepare(producer, make_request(PROMPT), [a, b])) == PrefixMatch(8, 16, {"a": 8})
+    assert (await prepare(producer, make_request(other), [a, b])).matches == {"b": 4}
+    now[0] = 1_000.0  # past the transition: only the new size counts
+    assert (await prepare(producer, make_request(other), [a, b])).matches == {}
+    assert (await prepare(producer, make_request(PROMPT), [a, b])).matches == {"a": 8}
 
 
 @pytest.mark.parametrize(

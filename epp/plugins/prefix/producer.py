@@ -23,11 +23,17 @@ PreRequest keeps the prompt's length, and ResponseComplete folds it in against t
 ``prompt_tokens``. PrepareData hashes with the ratio in use for the model (block bytes =
 block tokens x ratio) and publishes it under ``CHARS_PER_TOKEN_KEY`` for every token
 estimate made later in the request. ``chars_per_token_snapshot()`` shows what was learned.
+When a model's ratio changes, the blocks indexed under the old byte size stop matching the
+new hashes; for ``_TRANSITION_SECONDS`` the prompt is also hashed at the old size and each
+endpoint keeps the better of the two matches, so the switch costs no affinity (new
+requests are recorded at the new size only).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Gauge
@@ -51,6 +57,8 @@ log = logging.getLogger(__name__)
 PREFILL_PROFILE = "prefill"
 _RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _BYTES_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+# Long enough for the new size's entries to be recorded for every prefix still in use.
+_TRANSITION_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,8 +88,12 @@ class ApproxPrefixCacheProducer(BasePlugin):
     PRODUCES = frozenset({PREFIX_MATCH_KEY})
     params: PrefixProducerParams
 
-    def __init__(self, name: str, params: PrefixProducerParams | None, handle: Handle) -> None:
+    def __init__(self, name: str, params: PrefixProducerParams | None, handle: Handle,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name, params or PrefixProducerParams(), handle)
+        self._clock = clock
+        # model -> (the ratio in use before the last change, until when it is also matched)
+        self._previous_ratio: dict[str, tuple[float, float]] = {}
         if self.params.block_size > 0:
             log.warning("%s: blockSize is deprecated and ignored; use blockSizeTokens", self.typed_name)
         self.index = PrefixIndex(self.params.lru_capacity_per_server)
@@ -125,8 +137,27 @@ class ApproxPrefixCacheProducer(BasePlugin):
             self.token_ratios.chars_per_token(request.target_model)
         hashes = hash_prompt(request.prompt, request.target_model, request.cache_salt, block_size,
                              self.max_blocks(block_size), chars_per_token)
-        cycle[PREFIX_MATCH_KEY] = PrefixMatch(len(hashes), block_size, self.index.match(hashes) if hashes else {})
+        matches = self.index.match(hashes) if hashes else {}
+        if self._previous_ratio and hashes:
+            matches = self._with_previous_size(request, block_size, len(hashes), matches)
+        cycle[PREFIX_MATCH_KEY] = PrefixMatch(len(hashes), block_size, matches)
         request.plugin_state[self._state_key] = hashes
+
+    def _with_previous_size(self, request: InferenceRequest, block_size: int, total: int,
+                            matches: dict[str, int]) -> dict[str, int]:
+        previous = self._previous_ratio.get(request.target_model)
+        if previous is None:
+            return matches
+        ratio, until = previous
+        if self._clock() > until:
+            del self._previous_ratio[request.target_model]
+            return matches
+        old = hash_prompt(request.prompt, request.target_model, request.cache_salt, block_size,
+                          self.max_blocks(block_size), ratio)
+        merged = dict(matches)
+        for endpoint, blocks in (self.index.match(old) if old else {}).items():
+            merged[endpoint] = max(merged.get(endpoint, 0), min(blocks, total))
+        return merged
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
         if request.prompt:
@@ -159,7 +190,11 @@ class ApproxPrefixCacheProducer(BasePlugin):
         prompt_chars = request.plugin_state.pop(self._prompt_chars_key, 0)
         usage = response.usage
         if response.completed and usage is not None and prompt_chars:
-            self.token_ratios.observe(request.target_model, prompt_chars, usage.prompt_tokens)
+            model = request.target_model
+            before = self.token_ratios.chars_per_token(model)
+            self.token_ratios.observe(model, prompt_chars, usage.prompt_tokens)
+            if self.token_ratios.chars_per_token(model) != before:
+                self._previous_ratio[model] = (before, self._clock() + _TRANSITION_SECONDS)
 
     def chars_per_token_snapshot(self) -> dict[str, dict[str, float | int]]:
         """Per target model, for ``/debug``: ``charsPerToken`` in use, ``learned``, ``samples``."""
