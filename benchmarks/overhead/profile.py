@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["COMPONENTS", "GROUPS", "by_component", "group", "perf_by_library", "record", "record_perf", "report",
@@ -71,17 +72,21 @@ def perf_by_library(data: Path) -> str:
         f"| {row.split(None, 1)[0]} | `{row.split(None, 1)[1]}` |" for row in rows if " " in row) + "\n"
 
 
+def collapsed(stacks: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) for each line of py-spy's collapsed output ("frame;frame;... N")."""
+    for line in stacks.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if stack and number.isdigit():
+            yield stack, int(number)
+
+
 def self_time(stacks: str) -> tuple[Counter[str], int]:
     """Samples per innermost frame, and the total, from py-spy's collapsed stacks."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in stacks.splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not stack or not number.isdigit():
-            continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] += int(number)
-        total += int(number)
+    for stack, samples in collapsed(stacks):
+        counts[stack.rsplit(";", 1)[-1]] += samples
+        total += samples
     return counts, total
 
 
@@ -106,18 +111,15 @@ def by_component(stacks: str) -> tuple[Counter[str], int]:
     (``Process``) is grpc.aio reading or writing a message from Cython."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in stacks.splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not stack or not number.isdigit():
-            continue
-        total += int(number)
+    for stack, samples in collapsed(stacks):
+        total += samples
         name = next((component for component, needles in COMPONENTS if any(n in stack for n in needles)), None)
         if name is None:
             leaf = stack.rsplit(";", 1)[-1].split(" (")[0]
             name = {"Runner.run": "native only (Cython grpc, uvloop, kernel)"}.get(leaf, leaf)
             if leaf.endswith((".Process", "._observe")):
                 name = "grpc.aio read/write (handler's own lines)"
-        counts[name] += int(number)
+        counts[name] += samples
     return counts, total
 
 

@@ -6,24 +6,12 @@ import pytest
 
 from epp.datalayer.endpoint import Endpoint, EndpointMetadata, Metrics
 from epp.datalayer.pool import EndpointPool, PoolStatistics
+from epp.testing.pool import PoolRecorder, RestartAwareRecorder
 
 
 def meta(name: str, address: str = "10.0.0.1", port: int = 8000, metrics_port: int | None = None,
          labels: dict[str, str] | None = None) -> EndpointMetadata:
     return EndpointMetadata(name, address, port, metrics_port or port, labels or {})
-
-
-class Recorder:
-    """A pool listener that writes down what it was told, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def endpoint_added(self, endpoint: Endpoint) -> None:
-        self.events.append(("added", endpoint.name))
-
-    def endpoint_removed(self, endpoint: Endpoint) -> None:
-        self.events.append(("removed", endpoint.name))
 
 
 def names(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> list[str]:
@@ -60,7 +48,7 @@ def test_replacing_with_the_same_members_changes_nothing() -> None:
 
 def test_listeners_hear_removals_then_additions() -> None:
     pool = EndpointPool()
-    recorder = Recorder()
+    recorder = PoolRecorder()
     pool.add_listener(recorder)
     pool.replace_all([meta("a"), meta("b", "10.0.0.2")])
     pool.replace_all([meta("b", "10.0.0.2"), meta("c", "10.0.0.3")])
@@ -74,7 +62,7 @@ def test_listeners_hear_removals_then_additions() -> None:
 
 def test_a_metadata_change_keeps_the_endpoint_object_metrics_and_readiness() -> None:
     pool = EndpointPool()
-    recorder = Recorder()
+    recorder = PoolRecorder()
     pool.add_listener(recorder)
     pool.replace_all([meta("a", "10.0.0.1", 8000)])
     a = pool.get("a")
@@ -91,7 +79,7 @@ def test_a_metadata_change_keeps_the_endpoint_object_metrics_and_readiness() -> 
 
 def test_a_new_address_under_the_same_name_is_a_new_endpoint() -> None:
     pool = EndpointPool()
-    recorder = Recorder()
+    recorder = PoolRecorder()
     pool.add_listener(recorder)
     pool.replace_all([meta("a", "10.0.0.1", 8000)])
     old = pool.get("a")
@@ -144,15 +132,10 @@ def test_an_empty_update_still_marks_the_pool_synced() -> None:
     assert pool.synced
 
 
-class RestartAware(Recorder):
-    def endpoint_restarted(self, endpoint: Endpoint) -> None:
-        self.events.append(("restarted", endpoint.name))
-
-
 def test_a_restart_is_removed_then_added_for_listeners_without_endpoint_restarted() -> None:
     pool = EndpointPool()
     pool.replace_all([meta("a"), meta("b", "10.0.0.2")])
-    plain, aware = Recorder(), RestartAware()
+    plain, aware = PoolRecorder(), RestartAwareRecorder()
     pool.add_listener(plain)
     pool.add_listener(aware)
     endpoint = pool.get("a")
@@ -169,7 +152,7 @@ def test_a_restart_of_an_endpoint_no_longer_in_the_pool_is_ignored() -> None:
     old = pool.get("a")
     assert old is not None
     pool.replace_all([meta("a", port=9000)])  # same name, another server: a new Endpoint
-    listener = Recorder()
+    listener = PoolRecorder()
     pool.add_listener(listener)
     pool.restarted(old)
     assert listener.events == []

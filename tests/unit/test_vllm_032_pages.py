@@ -24,6 +24,7 @@ from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import ScrapedSeries
 from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
 from epp.testing.clock import TickingClock
+from epp.testing.pool import PoolRecorder
 
 PAGE = Template((Path(__file__).parents[1] / "fixtures" / "vllm" / "metrics_0_32.txt.tmpl").read_text())
 START = 1796030000.52
@@ -40,23 +41,12 @@ def page(*, waiting: int = 0, running: int = 0, lora: str = "", hits: float = 0.
                            start=start)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def endpoint_added(self, endpoint: Endpoint) -> None:
-        self.events.append(("added", endpoint.name))
-
-    def endpoint_removed(self, endpoint: Endpoint) -> None:
-        self.events.append(("removed", endpoint.name))
-
-
 class Setup:
     def __init__(self) -> None:
         self.pool = EndpointPool()
         self.pool.replace_all([EndpointMetadata("vllm-0", "127.0.0.1", 8000, 8000)])
         self.endpoint = self.pool.endpoints()[0]
-        self.listener = Recorder()
+        self.listener = PoolRecorder()
         self.pool.add_listener(self.listener)
         self.extractor = CoreMetricsExtractor("core", None, Handle(pool=self.pool, rng=random.Random(1)),
                                               clock=TickingClock())
@@ -189,11 +179,7 @@ def test_counters_going_backwards_are_a_restart(setup: Setup) -> None:
 
 
 def test_a_listener_with_endpoint_restarted_gets_only_that(setup: Setup) -> None:
-    class Restartable(Recorder):
-        def endpoint_restarted(self, endpoint: Endpoint) -> None:
-            self.events.append(("restarted", endpoint.name))
-
-    listener = Restartable()
+    listener = RestartAwareRecorder()
     setup.pool.add_listener(listener)
     setup.scrape(page(start=START))
     setup.scrape(page(start=START + 1))
