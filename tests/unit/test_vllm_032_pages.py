@@ -24,7 +24,7 @@ from epp.plugins.datalayer.core_metrics import CoreMetricsExtractor
 from epp.plugins.datalayer.metrics_source import ScrapedSeries
 from epp.plugins.scorers.lora_affinity import LoraAffinityScorer
 from epp.testing.clock import TickingClock
-from epp.testing.pool import PoolRecorder
+from epp.testing.pool import PoolRecorder, RestartAwareRecorder
 
 PAGE = Template((Path(__file__).parents[1] / "fixtures" / "vllm" / "metrics_0_32.txt.tmpl").read_text())
 START = 1796030000.52
