@@ -86,6 +86,8 @@ class PluginSpec:
             return []
         docs = []
         for f in dataclasses.fields(params_cls):
+            if f.metadata.get("hidden"):  # accepted but not advertised (benchmark switches)
+                continue
             default: Any = f.default
             if f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
