@@ -45,11 +45,20 @@ def connect_mode(config: str) -> str:
 
 
 class MultiPickerStack(Stack):
-    """A ``Stack`` with ``pickers`` picker processes; ``picker``/``admin_url`` are the first one's."""
+    """A ``Stack`` with ``pickers`` picker processes; ``picker``/``admin_url`` are the first one's.
 
-    def __init__(self, workdir: Path, replicas: int, pickers: int, kv_events: bool = False, **kwargs: Any) -> None:
+    ``routed_pickers``: how many of them Envoy sends requests to (default all); the rest run
+    (scrape, replicate) without routing, to tell their CPU cost from their decisions.
+    ``picker_env``: extra environment for every picker process.
+    """
+
+    def __init__(self, workdir: Path, replicas: int, pickers: int, kv_events: bool = False,
+                 routed_pickers: int | None = None, picker_env: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(workdir, replicas, **kwargs)
         self.picker_count = pickers
+        self.routed_pickers = pickers if routed_pickers is None else routed_pickers
+        self.picker_env = picker_env
         self.pickers: list[ManagedProcess] = []
         # (grpc, grpc health, metrics) per picker; the first reuses the stack's own ports.
         self.picker_ports = [(self.ports.grpc, self.ports.grpc_health, self.ports.metrics)]
@@ -77,7 +86,8 @@ class MultiPickerStack(Stack):
             args = ["serve", "--bind", self.host, "--admin-bind", self.host, "--grpc-port", str(grpc),
                     "--grpc-health-port", str(health), "--metrics-port", str(metrics),
                     "--pool-file", str(self.pool_file), *self.picker_args, *config_args]
-            process = ManagedProcess(f"epp-{i}", epp_command(*args), self.workdir / f"epp-{i}.log").start()
+            process = ManagedProcess(f"epp-{i}", epp_command(*args), self.workdir / f"epp-{i}.log",
+                                     env=self.picker_env).start()
             self.pickers.append(process)
         for process, url in zip(self.pickers, self.admin_urls, strict=True):
             wait_for_http(f"{url}/readyz", 60, process)
@@ -92,7 +102,7 @@ class MultiPickerStack(Stack):
                 cluster["lb_policy"] = "ROUND_ROBIN"
                 cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
                     {"endpoint": {"address": {"socket_address": {"address": self.host, "port_value": grpc}}}}
-                    for grpc, _, _ in self.picker_ports]
+                    for grpc, _, _ in self.picker_ports[:self.routed_pickers]]
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(doc, sort_keys=False))
         argv = [envoy_binary(), "-c", str(bootstrap), "--concurrency", "1", "--log-level", "warning",

@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks.loadgen import median
 from benchmarks.routing.workloads import build
 from benchmarks.scaleout.capacity import sweep
-from benchmarks.scaleout.quality import VARIANTS, run_variant, state_store_supported
+from benchmarks.scaleout.quality import DIAGNOSTIC_VARIANTS, VARIANTS, run_variant, state_store_supported
 
 
 def _ms(value: float | None) -> str:
@@ -36,13 +36,14 @@ def _ms(value: float | None) -> str:
 
 def print_quality(name: str, description: str, results: dict[str, dict[str, Any]]) -> None:
     print(f"\n== {name}: {description}")
-    print(f"{'picker setup':>18} {'TTFT p90':>10} {'hit rate':>9} {'out tok/s':>10} {'errors':>7} "
-          f"{'CPU/req':>9} {'store cmds/req':>15} {'store B in/out per req':>24}")
+    print(f"{'picker setup':>18} {'TTFT p50':>10} {'TTFT p90':>10} {'mean':>10} {'stacked':>8} {'hit rate':>9} "
+          f"{'out tok/s':>10} {'errors':>7} {'CPU/req':>9} {'store cmds/req':>15} {'store B in/out per req':>24}")
     for setup, r in results.items():
         store = (f"{r['store_commands_per_request']:15.1f} "
                  f"{r['store_bytes_in_per_request']:11.0f}/{r['store_bytes_out_per_request']:<12.0f}"
                  if "store_commands_per_request" in r else f"{'-':>15} {'-':>24}")
-        print(f"{setup:>18} {_ms(r['ttft_p90_ms'])} {r['hit_rate']:9.2f} {r['output_tokens_per_s']:10.0f} "
+        print(f"{setup:>18} {_ms(r['ttft_p50_ms'])} {_ms(r['ttft_p90_ms'])} {_ms(r['ttft_mean_ms'])} "
+              f"{r.get('collision_share', 0.0):8.2f} {r['hit_rate']:9.2f} {r['output_tokens_per_s']:10.0f} "
               f"{r['errors']:7d} {r['picker_cpu_ms_per_request']:7.2f}ms {store}")
     base = results.get("1 picker")
     if base and base["ttft_p90_ms"]:
@@ -51,6 +52,16 @@ def print_quality(name: str, description: str, results: dict[str, dict[str, Any]
                 print(f"{setup:>18}: p90 TTFT {r['ttft_p90_ms'] / base['ttft_p90_ms']:5.2f}x one picker's, hit rate "
                       f"{r['hit_rate']:.2f} vs {base['hit_rate']:.2f}, picker CPU/request "
                       f"{r['picker_cpu_ms_per_request'] / base['picker_cpu_ms_per_request']:5.2f}x")
+
+
+def print_median_ratios(name: str, runs: list[dict[str, dict[str, Any]]]) -> None:
+    """Each setup's p90 TTFT over one picker's in the same run: the median over runs, and each run's."""
+    print(f"\n== {name}: p90 TTFT / 1 picker's p90 TTFT (same run), median of {len(runs)} runs")
+    for setup in runs[0]:
+        ratios = [r[setup]["ttft_p90_ms"] / r["1 picker"]["ttft_p90_ms"] for r in runs
+                  if "1 picker" in r and r[setup]["ttft_p90_ms"] and r["1 picker"]["ttft_p90_ms"]]
+        if ratios:
+            print(f"{setup:>18}: {median(ratios):5.2f}x {[round(x, 2) for x in ratios]}")
 
 
 def print_capacity(results: list[dict[str, Any]]) -> None:
@@ -86,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3, help="capacity sweeps per worker count (medians reported)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variants", help="picker setups of the quality runs, comma-separated names (default: "
+                        f"{', '.join(v.name for v in VARIANTS)}; "
+                        f"also {', '.join(v.name for v in DIAGNOSTIC_VARIANTS)})")
+    parser.add_argument("--repeats-quality", type=int, default=1,
+                        help="quality runs per workload; tables per run, then the medians of the p90 ratios")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--json", type=Path, help="also write results here")
@@ -93,20 +109,32 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "quality": {}, "capacity": []}
     if not args.skip_quality:
         variants = list(VARIANTS)
+        if args.variants:
+            known = {v.name: v for v in (*VARIANTS, *DIAGNOSTIC_VARIANTS)}
+            unknown = [n for n in args.variants.split(",") if n not in known]
+            if unknown:
+                parser.error(f"--variants: unknown {unknown}; known: {list(known)}")
+            variants = [known[n] for n in args.variants.split(",")]
         if not state_store_supported():
             print("2 pickers shared: skipped, `epp serve` has no --state-store flag yet (issue 15, shared state)")
             variants = [v for v in variants if not v.shared]
         for name in args.workloads.split(","):
             workload = build(name, args.rate, args.seconds, args.seed)
-            results = {}
-            for variant in variants:
-                with tempfile.TemporaryDirectory(prefix=f"epp-scaleout-{name}-") as workdir:
-                    results[variant.name] = run_variant(workload, variant, args.replicas, args.rate, args.seconds,
-                                                        Path(workdir))
-                print(f"{name:>14} {variant.name:>18}: done ({results[variant.name]['requests']} requests)",
-                      flush=True)
-            report["quality"][name] = {"description": workload.description, "results": results}
-            print_quality(name, workload.description, results)
+            runs = []
+            for _ in range(args.repeats_quality):
+                results = {}
+                for variant in variants:
+                    with tempfile.TemporaryDirectory(prefix=f"epp-scaleout-{name}-") as workdir:
+                        results[variant.name] = run_variant(workload, variant, args.replicas, args.rate,
+                                                            args.seconds, Path(workdir))
+                    print(f"{name:>14} {variant.name:>18}: done ({results[variant.name]['requests']} requests)",
+                          flush=True)
+                print_quality(name, workload.description, results)
+                runs.append(results)
+            report["quality"][name] = {"description": workload.description, "results": runs[0],
+                                       "runs": runs}
+            if len(runs) > 1:
+                print_median_ratios(name, runs)
     if not args.skip_capacity:
         rates = [float(r) for r in args.rates.split(",")]
         for repeat in range(args.repeats):

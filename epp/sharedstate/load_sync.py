@@ -1,35 +1,53 @@
-"""Per-endpoint in-flight load shared between picker replicas: one expiring hash per replica.
+"""Per-endpoint in-flight load shared between picker replicas: pushed changes plus expiring hashes.
 
-Every ``period`` each replica, in one pipelined round trip:
+Two paths carry a replica's load to the others:
 
-- writes its own load to ``<ns>:load:<replica>`` (field ``<producer>\\t<endpoint>`` →
-  ``"requests tokens prefill"``, plus ``_hb``, its wall-clock heartbeat in ms), removes the
-  fields of endpoints that went idle, and sets the key to expire after ``ttl``;
-- registers itself in the ``<ns>:replicas`` sorted set (score: heartbeat; members silent
-  for ``forget_after`` are removed, only to keep the set small);
-- reads the hashes of the replicas the set listed last time.
+- **Push** (latency: one Redis round trip). The in-flight producer names each endpoint whose
+  local load just changed (a request routed, its first byte, its end); the push loop wakes,
+  and one ``PUBLISH`` on ``<ns>:load-changes`` carries those endpoints' current counts. A
+  unique 2.5k-token prompt prefills in ~150 ms: its backlog, waiting for a 200 ms round,
+  had mostly left before the other replica saw it, so two replicas sent prompts onto one
+  replica's prefill as if it were idle (issue 15). Changes made while a push is in flight
+  go out together in the next one.
+- **Round** (every ``period``, one pipelined round trip): writes this replica's whole load to
+  ``<ns>:load:<replica>`` (field ``<producer>\\t<endpoint>`` → ``"requests tokens prefill"``,
+  plus ``_hb`` its wall-clock heartbeat in ms, ``_gen`` and ``_seq``), removes the fields of
+  endpoints that went idle, sets the key to expire after ``ttl``, registers the replica in
+  the ``<ns>:replicas`` sorted set (members silent for ``forget_after`` are removed, only to
+  keep the set small) and reads the hashes of the replicas the set listed last time.
+
+The round is the truth and the push an early copy of it: pub/sub may lose messages (a
+reconnect, a slow subscriber), and the next round repairs any loss. Every push and hash
+carries the publisher's sequence number (with a generation that changes when a replica
+restarts under the same id), so whichever arrives last, the newer value wins: a push
+newer than the last hash read overrides that hash's field; a hash makes older pushes moot.
 
 Liveness is the key's TTL, kept by Redis, so clocks need not agree: a replica that dies
-stops refreshing its key and its load vanishes ``ttl`` later; no phantom load. When the
-store cannot be read for longer than ``ttl``, the others' load is dropped too: the replica
-routes on its own counts rather than on a stale picture. Malformed fields are skipped
-and counted.
+stops refreshing its key and its load vanishes ``ttl`` later; no phantom load (pushed load
+of a replica that is not registered, or whose key expired, is dropped at the next round). When the store cannot be read
+for longer than ``ttl``, the others' load is dropped too: the replica routes on its own
+counts rather than on a stale picture. Malformed fields and messages are skipped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from epp.sharedstate.store import STORE_ERRORS, StateStore
+from epp.sharedstate.store import STORE_ERRORS, StateStore, close_bounded, stop_if_cancelled
 
-__all__ = ["LoadCounters", "LoadReplication", "SharesInFlightLoad"]
+__all__ = ["LoadCounters", "LoadReplication", "SharesInFlightLoad", "decode_push", "encode_push"]
 
 EndpointLoad = tuple[int, int, int]
 _HEARTBEAT = b"_hb"
+_GENERATION = b"_gen"
+_SEQUENCE = b"_seq"
+_META = frozenset({_HEARTBEAT, _GENERATION, _SEQUENCE})
+_IDLE: EndpointLoad = (0, 0, 0)
 
 
 @runtime_checkable
@@ -40,10 +58,14 @@ class SharesInFlightLoad(Protocol):
 
     def set_remote_load(self, remote: Mapping[str, EndpointLoad]) -> None: ...
 
+    def watch_local(self, on_change: Callable[[str], None] | None) -> None: ...
+
 
 @dataclass(slots=True)
 class LoadCounters:
     rounds: int = 0
+    pushes: int = 0
+    pushes_applied: int = 0
     bytes_sent: int = 0
     commands: int = 0
     bad_fields: int = 0
@@ -61,28 +83,99 @@ def _decode(value: bytes) -> EndpointLoad | None:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def encode_push(replica: str, generation: bytes, sequence: int, fields: Mapping[bytes, EndpointLoad]) -> bytes:
+    """``replica\\ngeneration sequence\\n`` then one ``"requests tokens prefill field"`` line per field."""
+    lines = [replica.encode(), generation + b" %d" % sequence]
+    lines += [_encode(load) + b" " + name for name, load in fields.items()]
+    return b"\n".join(lines)
+
+
+def decode_push(data: bytes) -> tuple[str, bytes, int, dict[bytes, EndpointLoad]] | None:
+    """The inverse of ``encode_push``; ``None`` for a message that is not one."""
+    lines = data.split(b"\n")
+    if len(lines) < 2:
+        return None
+    head = lines[1].split(b" ")
+    if len(head) != 2 or not head[1].isdigit():
+        return None
+    fields: dict[bytes, EndpointLoad] = {}
+    for line in lines[2:]:
+        parts = line.split(b" ", 3)
+        load = _decode(b" ".join(parts[:3])) if len(parts) == 4 else None
+        if load is None:
+            return None
+        fields[parts[3]] = load
+    return lines[0].decode(errors="replace"), head[0], int(head[1]), fields
+
+
+def _field_key(name: bytes) -> tuple[str, str] | None:
+    source, _, endpoint = name.decode(errors="replace").partition("\t")
+    return (source, endpoint) if endpoint else None
+
+
+@dataclass(slots=True)
+class _PeerView:
+    """One other replica's load as last heard, each field with the sequence number it came with."""
+
+    generation: bytes
+    floor: int = -1  # sequence of the newest hash read: pushes at or below it are older news
+    fields: dict[tuple[str, str], tuple[EndpointLoad, int]] = field(default_factory=dict)  # (source, endpoint)
+    heard: float = 0.0  # monotonic time of the last push or hash
+
+
 class LoadReplication:
     def __init__(self, store: StateStore, namespace: str, replica_id: str,
                  producers: Mapping[str, SharesInFlightLoad], *, period: float = 0.2, ttl: float = 3.0,
-                 forget_after: float = 300.0, clock: Callable[[], float] = time.time,
+                 forget_after: float = 300.0, push: bool = True, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.replica_id = replica_id
         self.key_prefix = f"{namespace}:load:"
         self.key = self.key_prefix + replica_id
         self.members = f"{namespace}:replicas"
+        self.channel = f"{namespace}:load-changes"
         self.producers = dict(producers)
         self.period, self.ttl, self.forget_after = period, ttl, forget_after
+        self.push = push
         self.counters = LoadCounters()
         self._clock, self._monotonic = clock, monotonic
         self._written: set[bytes] = set()
         self._others: list[str] = []
         self._last_read = monotonic()
         self._sharing = False
+        self.generation = os.urandom(6).hex().encode()
+        self._sequence = 0
+        self._views: dict[str, _PeerView] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+
+    def attach(self) -> None:
+        """Start noting local changes for the push loop (only when pushing)."""
+        if self.push:
+            for source, producer in self.producers.items():
+                producer.watch_local(self._noter(source))
+
+    def detach(self) -> None:
+        for producer in self.producers.values():
+            producer.watch_local(None)
+
+    def _noter(self, source: str) -> Callable[[str], None]:
+        dirty, wake = self._dirty, self._wake
+
+        def note(endpoint: str) -> None:
+            dirty.add((source, endpoint))
+            wake.set()
+
+        return note
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
 
     async def sync_forever(self) -> None:
         backoff = self.store.backoff()
         while True:
+            stop_if_cancelled()
             try:
                 await self.sync_once()
             except STORE_ERRORS as e:
@@ -93,8 +186,84 @@ class LoadReplication:
             backoff.success()
             await asyncio.sleep(self.period)
 
+    async def push_forever(self) -> None:
+        """Publish local changes as they happen; a failed push is left to the next round to repair."""
+        backoff = self.store.backoff()
+        while True:
+            await self._wake.wait()
+            stop_if_cancelled()
+            self._wake.clear()
+            try:
+                await self.push_once()
+            except STORE_ERRORS as e:
+                self.store.failed(e)
+                await asyncio.sleep(backoff.failure())
+                continue
+            backoff.success()
+
+    async def push_once(self) -> None:
+        dirty = list(self._dirty)
+        self._dirty.clear()
+        if not dirty:
+            return
+        current = {source: producer.local_load() for source, producer in self.producers.items()}
+        fields = {f"{source}\t{endpoint}".encode(): current[source].get(endpoint, _IDLE) for source, endpoint in dirty}
+        payload = encode_push(self.replica_id, self.generation, self._next_sequence(), fields)
+        await self.store.commands.publish(self.channel, payload)
+        self.store.succeeded()
+        self.counters.pushes += 1
+        self.counters.commands += 1
+        self.counters.bytes_sent += len(self.channel) + len(payload)
+
+    async def follow_forever(self) -> None:
+        """Apply the other replicas' pushes as they arrive (a dedicated subscriber connection)."""
+        backoff = self.store.backoff()
+        while True:
+            client = self.store.subscriber()
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff.success()
+                while True:
+                    stop_if_cancelled()
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.store.block)
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        self.receive(message["data"])
+            except STORE_ERRORS as e:
+                self.store.failed(e)
+                await asyncio.sleep(backoff.failure())
+            finally:
+                await close_bounded(pubsub.aclose(), self.store.timeout)
+                await close_bounded(client.aclose(), self.store.timeout)
+
+    def receive(self, data: bytes) -> None:
+        """Apply one pushed message (another replica's changed endpoints)."""
+        decoded = decode_push(data)
+        if decoded is None:
+            self.counters.bad_fields += 1
+            return
+        replica, generation, sequence, fields = decoded
+        if replica == self.replica_id:
+            return
+        view = self._views.get(replica)
+        if view is None or view.generation != generation:
+            view = self._views[replica] = _PeerView(generation)
+        if sequence <= view.floor:
+            return  # the last hash read was already newer
+        for name, load in fields.items():
+            key = _field_key(name)
+            if key is None:
+                self.counters.bad_fields += 1
+                continue
+            held = view.fields.get(key)
+            if held is None or held[1] < sequence:
+                view.fields[key] = (load, sequence)
+        view.heard = self._monotonic()
+        self.counters.pushes_applied += 1
+        self._publish_sums()
+
     def _own_fields(self, now_ms: int) -> dict[bytes, bytes]:
-        fields = {_HEARTBEAT: b"%d" % now_ms}
+        fields = {_HEARTBEAT: b"%d" % now_ms, _GENERATION: self.generation, _SEQUENCE: b"%d" % self._next_sequence()}
         for source, producer in self.producers.items():
             for endpoint, load in producer.local_load().items():
                 fields[f"{source}\t{endpoint}".encode()] = _encode(load)
@@ -124,38 +293,67 @@ class LoadReplication:
         counters.bytes_sent += len(self.key) + sum(len(k) + len(v) for k, v in fields.items())
         members: list[bytes] = replies[-1 - len(others)]
         self._others = [m.decode(errors="replace") for m in members if m.decode(errors="replace") != self.replica_id]
-        self._apply(others, replies[len(replies) - len(others):] if others else [])
+        self.apply_round(others, replies[len(replies) - len(others):] if others else [])
 
-    def _apply(self, others: list[str], hashes: list[dict[bytes, bytes]]) -> None:
-        sums: dict[str, dict[str, EndpointLoad]] = {source: {} for source in self.producers}
+    def apply_round(self, others: list[str], hashes: list[dict[bytes, bytes]]) -> None:
+        """Take in the hashes read this round (empty: that replica expired); pushes newer than a hash stay."""
+        now = self._monotonic()
         peers: dict[str, float] = {}
         for replica, values in zip(others, hashes, strict=True):
             if not values:
-                continue  # expired: that replica is gone
+                self._views.pop(replica, None)  # expired: that replica is gone
+                continue
             heartbeat = values.get(_HEARTBEAT, b"")
             peers[replica] = int(heartbeat) / 1000 if heartbeat.isdigit() else 0.0
-            for name, value in values.items():
-                if name == _HEARTBEAT:
-                    continue
-                source, _, endpoint = name.decode(errors="replace").partition("\t")
-                load = _decode(value)
-                target = sums.get(source)
-                if load is None or not endpoint:
-                    self.counters.bad_fields += 1
-                    continue
-                if target is None:
-                    continue  # a producer this replica does not run
-                r, t, p = target.get(endpoint, (0, 0, 0))
-                target[endpoint] = (r + load[0], t + load[1], p + load[2])
+            self._apply_hash(replica, values, now)
+        # A replica no longer registered stopped (a graceful stop unregisters at once): its
+        # pushed load goes too. One that pushed before registering is heard again next round.
+        listed = set(others) | set(self._others)
+        for replica in [r for r in self._views if r not in listed]:
+            del self._views[replica]
         self.counters.peers = peers
-        self._last_read = self._monotonic()
+        self._last_read = now
         self._sharing = True
+        self._publish_sums()
+
+    def _apply_hash(self, replica: str, values: dict[bytes, bytes], now: float) -> None:
+        generation = values.get(_GENERATION, b"")
+        raw_sequence = values.get(_SEQUENCE, b"0")
+        sequence = int(raw_sequence) if raw_sequence.isdigit() else 0
+        view = self._views.get(replica)
+        if view is None or view.generation != generation:
+            view = self._views[replica] = _PeerView(generation)
+        elif sequence < view.floor:
+            return  # an older hash than one already read
+        fields: dict[tuple[str, str], tuple[EndpointLoad, int]] = {}
+        for name, value in values.items():
+            if name in _META:
+                continue
+            load, key = _decode(value), _field_key(name)
+            if load is None or key is None:
+                self.counters.bad_fields += 1
+                continue
+            fields[key] = (load, sequence)
+        # Pushes newer than this hash still hold.
+        fields.update((name, held) for name, held in view.fields.items() if held[1] > sequence)
+        view.fields, view.floor, view.heard = fields, sequence, now
+
+    def _publish_sums(self) -> None:
+        sums: dict[str, dict[str, EndpointLoad]] = {source: {} for source in self.producers}
+        for view in self._views.values():
+            for (source, endpoint), (load, _) in view.fields.items():
+                target = sums.get(source)
+                if target is None or load == _IDLE:
+                    continue  # a producer this replica does not run, or an endpoint gone idle
+                r, t, p = target.get(endpoint, _IDLE)
+                target[endpoint] = (r + load[0], t + load[1], p + load[2])
         for source, producer in self.producers.items():
             producer.set_remote_load(sums[source])
 
     def expire_if_stale(self) -> None:
         """Forget the others' load once it is older than its own TTL (store unreachable)."""
         if self._sharing and self._monotonic() - self._last_read > self.ttl:
+            self._views.clear()
             for producer in self.producers.values():
                 producer.set_remote_load({})
             self.counters.peers = {}

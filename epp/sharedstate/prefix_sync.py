@@ -24,7 +24,7 @@ from typing import Any
 
 from epp.plugins.prefix.index import PrefixIndex, RecordObserver
 from epp.sharedstate.codec import CodecError, PrefixRecord, decode_batch, encode_batch
-from epp.sharedstate.store import STORE_ERRORS, StateStore
+from epp.sharedstate.store import STORE_ERRORS, StateStore, stop_if_cancelled
 
 __all__ = ["PrefixCounters", "PrefixOutbox", "PrefixReplication"]
 
@@ -112,6 +112,7 @@ class PrefixReplication:
         backoff = self.store.backoff()
         while True:
             await asyncio.sleep(self.flush_interval)
+            stop_if_cancelled()
             try:
                 await self.flush()
             except STORE_ERRORS as e:
@@ -143,6 +144,7 @@ class PrefixReplication:
         backoff = self.store.backoff()
         block_ms = max(1, int(self.store.block * 1000))
         while True:
+            stop_if_cancelled()
             try:
                 reply = await self.store.reader.xread({self.stream: self._last_id}, count=self.read_count,
                                                       block=block_ms)

@@ -4,7 +4,8 @@ Built by ``build_shared_state`` from ``--state-store`` when the server starts. I
 the participating plugins itself: every prefix producer's ``PrefixIndex`` (an ``index``
 attribute) and every plugin that ``SharesInFlightLoad``. The request path never waits on
 the store: it only touches local memory (an index observer that queues, counters that are
-read locally); three loops in ``run`` publish, follow and exchange load in the background.
+read locally, a set that notes which endpoints' load changed); loops in ``run`` publish and
+follow prefix records, push load changes, follow the others' pushes and run the load rounds.
 A lost store degrades routing to this replica's own state and shows in ``healthy()`` and
 ``snapshot()``; it never fails or delays a request.
 """
@@ -50,6 +51,9 @@ class SharedStateSettings:
     # Redis at saturating rates with the longest prompts, typically far less.
     stream_maxlen: int = 256
     load_period: float = 0.2
+    # Push each in-flight change at once (pub/sub) besides the rounds: a 2.5k-token prefill
+    # (~150 ms) is over before a 200 ms round shows it to the other replicas.
+    load_push: bool = True
     load_ttl: float = 3.0  # a dead replica's load disappears after this long
     timeout: float = 1.0  # per command
     block: float = 0.5  # longest blocking stream read
@@ -79,9 +83,10 @@ class SharedState:
                                         outbox_limit=s.outbox_limit, stream_maxlen=s.stream_maxlen,
                                         is_member=is_member, clock=clock)
         self.load = LoadReplication(store, self.namespace, replica_id, producers, period=s.load_period,
-                                    ttl=s.load_ttl, clock=clock)
+                                    ttl=s.load_ttl, push=s.load_push, clock=clock)
         # From construction on, so records made before ``run`` starts are published too.
         self.prefix.attach()
+        self.load.attach()
         # Replicas leaving gracefully remove their load at once; a crash leaves it to the TTL.
         self.remove_on_stop = True
         self._clock = clock
@@ -89,11 +94,15 @@ class SharedState:
         self._rate_mark = (self._started, 0)
 
     async def run(self) -> None:
+        s = self.settings
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.prefix.publish_forever())
                 group.create_task(self.prefix.follow_forever())
                 group.create_task(self.load.sync_forever())
+                if s.load_push:
+                    group.create_task(self.load.push_forever())
+                    group.create_task(self.load.follow_forever())
         finally:
             if self.remove_on_stop:
                 with contextlib.suppress(*STORE_ERRORS):
@@ -101,6 +110,7 @@ class SharedState:
 
     def close(self) -> None:
         self.prefix.detach()
+        self.load.detach()
 
     async def aclose(self) -> None:
         """Close the store's connections (after ``run`` ended)."""
@@ -134,7 +144,8 @@ class SharedState:
                        "badEntries": prefix.bad_entries, "blockSizeMismatches": prefix.block_size_mismatches,
                        "unknownSources": prefix.unknown_sources, "unknownEndpoints": prefix.unknown_endpoints,
                        "lagSeconds": prefix.lag_seconds},
-            "load": {"rounds": load.rounds, "commands": load.commands, "badFields": load.bad_fields},
+            "load": {"rounds": load.rounds, "pushes": load.pushes, "pushesApplied": load.pushes_applied,
+                     "commands": load.commands, "badFields": load.bad_fields},
             "bytesSent": sent, "bytesPerSecond": round(rate, 1),
             "peers": {peer: {"lastHeartbeatAgeSeconds": round(now - beat, 3)}
                       for peer, beat in sorted(load.peers.items())},
@@ -149,7 +160,9 @@ def build_shared_state(url: str, pool_name: str, replica_id: str, plugins: Itera
     ``is_member(endpoint name)``: whether the local pool has that endpoint (remote prefix
     records for others are skipped); ``None`` applies every record.
     """
-    settings = settings or SharedStateSettings()
+    if settings is None:
+        # EPP_STATE_LOAD_PUSH=0 turns pushes off, for A/B benchmarks (benchmarks/scaleout) until a flag exists.
+        settings = SharedStateSettings(load_push=os.environ.get("EPP_STATE_LOAD_PUSH", "1") != "0")
     address = parse_store_url(url)
     indexes: dict[str, PrefixIndex] = {}
     producers: dict[str, SharesInFlightLoad] = {}

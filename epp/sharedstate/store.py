@@ -9,8 +9,10 @@ of any loop: one success says connected, one failure says degraded since then, w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,10 +22,28 @@ from redis.exceptions import RedisError
 
 from epp.sharedstate.address import StoreAddress
 
-__all__ = ["STORE_ERRORS", "Backoff", "StateStore", "StoreHealth"]
+__all__ = ["STORE_ERRORS", "Backoff", "StateStore", "StoreHealth", "close_bounded", "stop_if_cancelled"]
 
 # What a lost, slow or refusing store raises through redis-py.
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` when this task was cancelled; each loop calls it once per turn.
+
+    redis-py can swallow a cancellation that arrives mid-command (observed with redis 8.1:
+    the task stayed "cancelling" and looped on), which would keep a stopping replica's
+    TaskGroup waiting forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def close_bounded(closing: Awaitable[object], timeout: float) -> None:
+    """Close a client or subscription, giving up after ``timeout``: a connection cut mid-read
+    (by cancellation or a dead store) can otherwise keep a close waiting forever."""
+    with contextlib.suppress(*STORE_ERRORS, asyncio.TimeoutError):
+        await asyncio.wait_for(closing, timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,7 @@ class StateStore:
                  clock: Callable[[], float] = time.time) -> None:
         self.address = address
         self.block = block
+        self.timeout = timeout
         self.backoff_max = backoff_max
         self._clock = clock
         self.commands = self._client(address, timeout)
@@ -84,6 +105,10 @@ class StateStore:
             since = self._health.since if not self._health.connected else self._clock()
             self._health = StoreHealth(False, since, message)
 
+    def subscriber(self) -> Redis:
+        """A client of its own for one pub/sub subscription, so a cut subscription cannot hold up the others."""
+        return self._client(self.address, self.timeout + self.block)
+
     async def aclose(self) -> None:
-        await self.commands.aclose()
-        await self.reader.aclose()
+        for client in (self.commands, self.reader):
+            await close_bounded(client.aclose(), self.timeout)

@@ -213,3 +213,27 @@ def test_a_removed_endpoint_keeps_only_the_other_replicas_load(create: Any, make
     assert producer.load.requests("a") == 3
     producer.endpoint_removed(a)
     assert producer.load.requests("a") == 2
+
+
+def test_routes_and_prefill_backlog_changes_are_named_to_the_watcher(create: Any, make_endpoint: Any,
+                                                                     make_request: Any, routed: Any) -> None:
+    producer = create("inflight-load-producer")
+    a, b = make_endpoint("a"), make_endpoint("b")
+    changed: list[str] = []
+    producer.watch_local(changed.append)
+    request = make_request(b"x" * 40)
+    producer.pre_request(CycleState(), request, routed(a))
+    producer.response_streaming(request, ResponseInfo(endpoint=a), b"first")
+    producer.response_streaming(request, ResponseInfo(endpoint=a), b"second")  # backlog already left
+    producer.response_complete(request, ResponseInfo(endpoint=a, completed=True))  # backlog unchanged: no note
+    assert changed == ["a", "a"]
+    first, second = make_request(b"x" * 40), make_request(b"x" * 40)
+    producer.pre_request(CycleState(), first, routed(b))
+    producer.pre_request(CycleState(), second, routed(b))
+    producer.response_complete(first, ResponseInfo(endpoint=b))  # ended before its first byte: backlog left
+    producer.response_complete(second, ResponseInfo(endpoint=b))
+    producer.endpoint_removed(b)
+    assert changed == ["a", "a", "b", "b", "b", "b"]
+    producer.watch_local(None)
+    producer.pre_request(CycleState(), make_request(b"x" * 40), routed(a))
+    assert len(changed) == 6

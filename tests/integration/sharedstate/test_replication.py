@@ -159,7 +159,8 @@ async def test_each_replica_sees_the_others_in_flight_load(replica: Factory) -> 
     assert await b.requests_seen(E2) == 0
     a.finish(first, E1)
     await eventually(lambda: b_sees(2), WAIT, "a's finished request leaves b's view")
-    assert set(b.shared.snapshot()["peers"]) == {"a"}
+    # Peers are listed from the rounds' heartbeats, which may come after the pushes.
+    await eventually(lambda: set(b.shared.snapshot()["peers"]) == {"a"}, WAIT, "b lists a as its peer")
 
 
 async def test_a_dead_replicas_load_expires(replica: Factory) -> None:
@@ -244,3 +245,47 @@ async def test_garbage_in_the_store_is_skipped_and_counted(replica: Factory, red
         assert b.shared.healthy()[0]
     finally:
         await client.aclose()
+
+
+# Rounds every 30 s: after the first one, whatever the other replica sees came by push.
+SLOW_ROUNDS = SharedStateSettings(flush_interval=0.01, load_period=30.0, load_ttl=60.0, timeout=0.5, block=0.1,
+                                  backoff_max=0.2)
+
+
+async def test_a_routed_request_reaches_the_other_replica_by_push_long_before_the_next_round(
+        replica: Factory) -> None:
+    a, b = await replica("a", SLOW_ROUNDS), await replica("b", SLOW_ROUNDS)
+    await eventually(lambda: a.shared.load.counters.rounds == 1 and b.shared.load.counters.rounds == 1, WAIT,
+                     "each replica made its first round")
+    await eventually(lambda: b.shared.snapshot()["connected"], WAIT, "b connected")
+    # The subscription may start after the first push: route until b has heard one.
+    requests = []
+    for _ in range(20):
+        requests.append(await a.route(b"q" * 400, E2))
+        if await b.requests_seen(E2) > 0:
+            break
+        await asyncio.sleep(0.1)
+
+    async def b_sees(n: int) -> bool:
+        return await b.requests_seen(E2) == n
+
+    await eventually(lambda: b_sees(len(requests)), WAIT, "b sees every request a routed")
+    assert a.shared.load.counters.rounds == 1, "no round ran: the load came by push"
+    for request in requests:
+        a.finish(request, E2)
+    await eventually(lambda: b_sees(0), WAIT, "a's finished requests leave b's view by push too")
+    assert b.shared.snapshot()["load"]["pushesApplied"] >= 2
+    assert a.shared.load.counters.rounds == 1
+
+
+async def test_pushes_off_leave_the_load_to_the_rounds(replica: Factory) -> None:
+    rounds_only = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=0.5, timeout=0.5, block=0.1,
+                                      backoff_max=0.2, load_push=False)
+    a, b = await replica("a", rounds_only), await replica("b", rounds_only)
+    await a.route(b"q" * 100, E1)
+
+    async def b_sees(n: int) -> bool:
+        return await b.requests_seen(E1) == n
+
+    await eventually(lambda: b_sees(1), WAIT, "b sees a's request through the rounds")
+    assert a.shared.snapshot()["load"]["pushes"] == 0
