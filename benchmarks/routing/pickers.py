@@ -49,16 +49,13 @@ class MultiPickerStack(Stack):
 
     ``routed_pickers``: how many of them Envoy sends requests to (default all); the rest run
     (scrape, replicate) without routing, to tell their CPU cost from their decisions.
-    ``picker_env``: extra environment for every picker process.
     """
 
     def __init__(self, workdir: Path, replicas: int, pickers: int, kv_events: bool = False,
-                 routed_pickers: int | None = None, picker_env: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+                 routed_pickers: int | None = None, **kwargs: Any) -> None:
         super().__init__(workdir, replicas, **kwargs)
         self.picker_count = pickers
         self.routed_pickers = pickers if routed_pickers is None else routed_pickers
-        self.picker_env = picker_env
         self.pickers: list[ManagedProcess] = []
         # (grpc, grpc health, metrics) per picker; the first reuses the stack's own ports.
         self.picker_ports = [(self.ports.grpc, self.ports.grpc_health, self.ports.metrics)]
@@ -86,8 +83,7 @@ class MultiPickerStack(Stack):
             args = ["serve", "--bind", self.host, "--admin-bind", self.host, "--grpc-port", str(grpc),
                     "--grpc-health-port", str(health), "--metrics-port", str(metrics),
                     "--pool-file", str(self.pool_file), *self.picker_args, *config_args]
-            process = ManagedProcess(f"epp-{i}", epp_command(*args), self.workdir / f"epp-{i}.log",
-                                     env=self.picker_env).start()
+            process = ManagedProcess(f"epp-{i}", epp_command(*args), self.workdir / f"epp-{i}.log").start()
             self.pickers.append(process)
         for process, url in zip(self.pickers, self.admin_urls, strict=True):
             wait_for_http(f"{url}/readyz", 60, process)

@@ -7,7 +7,7 @@ variant passes ``--state-store`` to every picker and starts a fresh ``redis-serv
 Two diagnostic variants (issue 15's no-prefix tail, ``--variants``): "1 of 2 routes" runs a
 second picker that scrapes and replicates but gets no requests (its CPU cost without its
 decisions), and "2 shared rounds" shares load only through the 200 ms rounds, without
-pushing each change (``EPP_STATE_LOAD_PUSH=0``): the behaviour before pushes.
+pushing each change (``--no-state-load-push``): the behaviour before pushes.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ class Variant:
     pickers: int
     shared: bool
     routed: int | None = None  # pickers Envoy routes to; None: all
-    env: tuple[tuple[str, str], ...] = ()
+    picker_args: tuple[str, ...] = ()
 
 
 VARIANTS = (Variant("1 picker", 1, False), Variant("2 pickers", 2, False), Variant("2 pickers shared", 2, True))
 DIAGNOSTIC_VARIANTS = (Variant("1 of 2 routes", 2, False, routed=1),
-                       Variant("2 shared rounds", 2, True, env=(("EPP_STATE_LOAD_PUSH", "0"),)))
+                       Variant("2 shared rounds", 2, True, picker_args=("--no-state-load-push",)))
 
 
 def state_store_supported() -> bool:
@@ -62,12 +62,11 @@ def collision_share(outcomes: list[Outcome], replicas: int, window: float = 0.15
 def run_variant(workload: Workload, variant: Variant, replicas: int, rate: float, seconds: float,
                 workdir: Path) -> dict[str, Any]:
     redis = RedisServer(workdir).start() if variant.shared else None
-    picker_args = ["--log-level", "warning", *(["--state-store", redis.url] if redis else [])]
+    picker_args = ["--log-level", "warning", *(["--state-store", redis.url] if redis else []), *variant.picker_args]
     stack: Stack
     if variant.pickers > 1:
         stack = MultiPickerStack(workdir, replicas, variant.pickers, sim_args=workload.sim_args,
-                                 picker_args=picker_args, routed_pickers=variant.routed,
-                                 picker_env=dict(variant.env) or None)
+                                 picker_args=picker_args, routed_pickers=variant.routed)
     else:
         stack = Stack(workdir, replicas, sim_args=workload.sim_args, picker_args=picker_args)
     try:

@@ -57,7 +57,7 @@ from epp.server.extproc import ExtProcServicer
 from epp.server.health import HealthState
 from epp.server.middleware import AdminSettings
 from epp.server.tls import server_credentials
-from epp.sharedstate import SharedState, build_shared_state, default_replica_id
+from epp.sharedstate import SharedState, SharedStateSettings, build_shared_state, default_replica_id
 
 __all__ = ["BackgroundTasks", "PickerServer", "ServeOptions"]
 
@@ -118,6 +118,7 @@ class ServeOptions:
     # Shared routing state between picker replicas (redis://host:port/db); None: each replica's own.
     state_store: str | None = None
     state_replica_id: str | None = None
+    state_load_push: bool = True  # push each route's load change at once, besides the 200 ms rounds
 
 
 class BackgroundTasks:
@@ -325,6 +326,7 @@ class PickerServer:
             self.shared_state = build_shared_state(
                 self.options.state_store, self.options.pool_name,
                 self.options.state_replica_id or default_replica_id(), self.config.plugins.values(),
+                SharedStateSettings(load_push=self.options.state_load_push),
                 is_member=lambda name: pool.get(name) is not None)
 
     def debug_state(self) -> dict[str, Any]:

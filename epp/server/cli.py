@@ -120,6 +120,9 @@ def add_parser(subparsers: Any) -> None:
     state.add_argument("--state-store", metavar="URL",
                        help="redis://host:port/db: share the prefix index and in-flight load with the other picker "
                             "replicas and workers (default: none, each keeps its own state)")
+    state.add_argument("--no-state-load-push", dest="state_load_push", action="store_false",
+                       help="share in-flight load only in the 200 ms rounds, not at each route (for comparisons; "
+                            "two replicas then stack short prefills on one model server)")
     state.add_argument("--state-replica-id",
                        help="this replica's id in the store (default: hostname-pid; workers append -w<index>)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -164,7 +167,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         account_dispatches=not args.no_dispatch_accounting,
         eject_after_failures=args.eject_after_failures, ejection_time=args.ejection_time,
         max_ejection_percent=args.max_ejection_percent,
-        state_store=args.state_store,
+        state_store=args.state_store, state_load_push=args.state_load_push,
         # Workers given one explicit id would skip each other's records as their own.
         state_replica_id=(None if args.state_replica_id is None else
                           args.state_replica_id + ("" if args.worker_index is None else f"-w{args.worker_index}")),

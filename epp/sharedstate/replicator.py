@@ -161,8 +161,7 @@ def build_shared_state(url: str, pool_name: str, replica_id: str, plugins: Itera
     records for others are skipped); ``None`` applies every record.
     """
     if settings is None:
-        # EPP_STATE_LOAD_PUSH=0 turns pushes off, for A/B benchmarks (benchmarks/scaleout) until a flag exists.
-        settings = SharedStateSettings(load_push=os.environ.get("EPP_STATE_LOAD_PUSH", "1") != "0")
+        settings = SharedStateSettings()
     address = parse_store_url(url)
     indexes: dict[str, PrefixIndex] = {}
     producers: dict[str, SharesInFlightLoad] = {}

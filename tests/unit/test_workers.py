@@ -237,3 +237,14 @@ def test_the_admin_token_guards_metrics_and_debug_but_not_the_probes(tmp_path: P
     assert statuses == [401, 401, 200]
     authorized = _admin_get(supervisor, ["/metrics", "/debug/workers"], {"Authorization": "Bearer s3cret"})
     assert [status for status, _ in authorized] == [200, 200]
+
+
+def test_the_state_flags_reach_the_serve_options() -> None:
+    from epp.server.cli import options_from_args, serve_parser
+
+    args = serve_parser().parse_args(["--state-store", "redis://127.0.0.1:6379/0", "--no-state-load-push",
+                                      "--state-replica-id", "east", "--worker-index", "1"])
+    options = options_from_args(args)
+    assert (options.state_store, options.state_load_push, options.state_replica_id) == \
+        ("redis://127.0.0.1:6379/0", False, "east-w1")
+    assert options_from_args(serve_parser().parse_args([])).state_load_push is True
