@@ -71,12 +71,12 @@ def worker_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, slot:
         if value == action.default:
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+        if isinstance(action, argparse._StoreConstAction):  # noqa: SLF001 - store_true, store_false, store_const
             out.append(flag)
         elif isinstance(value, float) and getattr(action.type, "__name__", "") == "_duration":
-            out += [flag, f"{value!r}s"]
+            out.append(f"{flag}={value!r}s")
         else:
-            out += [flag, str(value)]
+            out.append(f"{flag}={value}")  # the "=" form also carries values that start with "-"
     return [*out, "--grpc-port", str(slot.grpc_port), "--grpc-health-port", "0",
             "--metrics-port", str(slot.metrics_port), "--worker-index", str(slot.index)]
 

@@ -47,7 +47,7 @@ def test_flags_left_at_their_defaults_are_not_repeated() -> None:
     parser = serve_parser()
     argv = worker_argv(parser, parser.parse_args(["--workers", "2", "--endpoints", "10.0.0.1:8000"]),
                        WorkerSlot(0, 9002, 41000))
-    assert argv == ["--endpoints", "10.0.0.1:8000", "--grpc-port", "9002", "--grpc-health-port", "0",
+    assert argv == ["--endpoints=10.0.0.1:8000", "--grpc-port", "9002", "--grpc-health-port", "0",
                     "--metrics-port", "41000", "--worker-index", "0"]
 
 
@@ -248,3 +248,16 @@ def test_the_state_flags_reach_the_serve_options() -> None:
     assert (options.state_store, options.state_load_push, options.state_replica_id) == \
         ("redis://127.0.0.1:6379/0", False, "east-w1")
     assert options_from_args(serve_parser().parse_args([])).state_load_push is True
+
+
+def test_every_kind_of_serve_flag_reaches_a_worker_as_the_user_gave_it() -> None:
+    from epp.server.cli import serve_parser
+    from epp.server.worker_plan import WorkerSlot, worker_argv
+
+    parser = serve_parser()
+    given = ["--workers", "2", "--no-state-load-push", "--plain-errors", "--state-store", "redis://h:1/0",
+             "--idle-scrape-interval", "250ms", "--pool-name=-odd-name"]
+    argv = worker_argv(parser, parser.parse_args(given), WorkerSlot(index=1, grpc_port=9003, metrics_port=9200))
+    worker = parser.parse_args(argv)
+    assert (worker.state_load_push, worker.plain_errors, worker.state_store) == (False, True, "redis://h:1/0")
+    assert (worker.idle_scrape_interval, worker.pool_name, worker.worker_index) == (0.25, "-odd-name", 1)
