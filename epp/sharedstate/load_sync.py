@@ -76,11 +76,24 @@ def _encode(load: EndpointLoad) -> bytes:
     return b"%d %d %d" % load
 
 
+# Longest number accepted from the store: anyone who can write to Redis writes these, and
+# int() of a 5,000-digit string raises (Python's limit), a 1,000-digit one overflows floats.
+_MAX_DIGITS = 18
+
+
+def _count(raw: bytes) -> int | None:
+    """A non-negative decimal of at most ``_MAX_DIGITS`` digits, else ``None``."""
+    return int(raw) if raw.isdigit() and len(raw) <= _MAX_DIGITS else None
+
+
 def _decode(value: bytes) -> EndpointLoad | None:
     parts = value.split()
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3:
         return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    requests, tokens, prefill = (_count(p) for p in parts)
+    if requests is None or tokens is None or prefill is None:
+        return None
+    return requests, tokens, prefill
 
 
 def encode_push(replica: str, generation: bytes, sequence: int, fields: Mapping[bytes, EndpointLoad]) -> bytes:
@@ -96,7 +109,7 @@ def decode_push(data: bytes) -> tuple[str, bytes, int, dict[bytes, EndpointLoad]
     if len(lines) < 2:
         return None
     head = lines[1].split(b" ")
-    if len(head) != 2 or not head[1].isdigit():
+    if len(head) != 2 or (sequence := _count(head[1])) is None:
         return None
     fields: dict[bytes, EndpointLoad] = {}
     for line in lines[2:]:
@@ -105,7 +118,7 @@ def decode_push(data: bytes) -> tuple[str, bytes, int, dict[bytes, EndpointLoad]
         if load is None:
             return None
         fields[parts[3]] = load
-    return lines[0].decode(errors="replace"), head[0], int(head[1]), fields
+    return lines[0].decode(errors="replace"), head[0], sequence, fields
 
 
 def _field_key(name: bytes) -> tuple[str, str] | None:
@@ -139,7 +152,8 @@ class LoadReplication:
         self.push = push
         self.counters = LoadCounters()
         self._clock, self._monotonic = clock, monotonic
-        self._written: set[bytes] = set()
+        # None until the first round, which deletes whatever a predecessor under this id left.
+        self._written: set[bytes] | None = None
         self._others: list[str] = []
         self._last_read = monotonic()
         self._sharing = False
@@ -243,7 +257,10 @@ class LoadReplication:
             self.counters.bad_fields += 1
             return
         replica, generation, sequence, fields = decoded
-        if replica == self.replica_id:
+        if replica == self.replica_id or not self._sharing:
+            # Pushes only refine what a round built: while rounds fail (the store refuses
+            # writes but still relays PUBLISH, or reads time out) the pushed load would never
+            # expire, as completions after the first byte are not pushed.
             return
         view = self._views.get(replica)
         if view is None or view.generation != generation:
@@ -272,9 +289,14 @@ class LoadReplication:
     async def sync_once(self) -> None:
         now_ms = int(self._clock() * 1000)
         fields = self._own_fields(now_ms)
-        gone = self._written - fields.keys()
+        first = self._written is None
+        gone = set() if self._written is None else self._written - fields.keys()
         others = self._others
         pipe = self.store.commands.pipeline(transaction=False)
+        if first:
+            # A replica restarted under the same id within the TTL must not inherit the dead
+            # one's fields (HSET keeps fields it is not given): that would be phantom load.
+            pipe.delete(self.key)
         pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
         if gone:
             pipe.hdel(self.key, *gone)
@@ -289,7 +311,7 @@ class LoadReplication:
         self._written = set(fields)
         counters = self.counters
         counters.rounds += 1
-        counters.commands += 5 + bool(gone) + len(others)
+        counters.commands += 5 + bool(gone) + first + len(others)
         counters.bytes_sent += len(self.key) + sum(len(k) + len(v) for k, v in fields.items())
         members: list[bytes] = replies[-1 - len(others)]
         self._others = [m.decode(errors="replace") for m in members if m.decode(errors="replace") != self.replica_id]
@@ -304,7 +326,7 @@ class LoadReplication:
                 self._views.pop(replica, None)  # expired: that replica is gone
                 continue
             heartbeat = values.get(_HEARTBEAT, b"")
-            peers[replica] = int(heartbeat) / 1000 if heartbeat.isdigit() else 0.0
+            peers[replica] = (_count(heartbeat) or 0) / 1000
             self._apply_hash(replica, values, now)
         # A replica no longer registered stopped (a graceful stop unregisters at once): its
         # pushed load goes too. One that pushed before registering is heard again next round.
@@ -319,7 +341,7 @@ class LoadReplication:
     def _apply_hash(self, replica: str, values: dict[bytes, bytes], now: float) -> None:
         generation = values.get(_GENERATION, b"")
         raw_sequence = values.get(_SEQUENCE, b"0")
-        sequence = int(raw_sequence) if raw_sequence.isdigit() else 0
+        sequence = _count(raw_sequence) or 0
         view = self._views.get(replica)
         if view is None or view.generation != generation:
             view = self._views[replica] = _PeerView(generation)

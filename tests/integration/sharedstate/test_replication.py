@@ -289,3 +289,19 @@ async def test_pushes_off_leave_the_load_to_the_rounds(replica: Factory) -> None
 
     await eventually(lambda: b_sees(1), WAIT, "b sees a's request through the rounds")
     assert a.shared.snapshot()["load"]["pushes"] == 0
+
+
+async def test_a_replica_restarted_under_the_same_id_does_not_inherit_the_dead_ones_load(replica: Factory) -> None:
+    # A long TTL: only the restarted replica's first round can clear the dead one's fields.
+    long_ttl = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=60.0, timeout=0.5, block=0.1)
+    a, b = await replica("a", long_ttl), await replica("b", long_ttl)
+    await a.route(b"q" * 100, E1)
+
+    async def b_sees(n: int) -> bool:
+        return await b.requests_seen(E1) == n
+
+    await eventually(lambda: b_sees(1), WAIT, "b sees a's request")
+    a.shared.remove_on_stop = False  # a crash with a request in flight: its key outlives it
+    await a.stop()
+    await replica("a", long_ttl)  # restarted under the same id within the dead one's TTL, nothing in flight
+    await eventually(lambda: b_sees(0), WAIT, "the dead replica's request is not carried over")

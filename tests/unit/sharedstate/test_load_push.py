@@ -32,6 +32,7 @@ def _replication() -> tuple[LoadReplication, Producer]:
     # Never connects: these tests hand messages and hashes in directly.
     store = StateStore(parse_store_url("redis://127.0.0.1:1/0"))
     replication = LoadReplication(store, "epp:p", "me", {"inflight": producer}, ttl=3.0)
+    replication.apply_round([], [])  # a first round read the store: pushes refine what it built
     return replication, producer
 
 
@@ -99,3 +100,28 @@ def test_own_pushes_are_ignored_and_local_changes_are_noted_for_the_push_loop() 
     assert replication._dirty == {("inflight", "e1")}  # noqa: SLF001 - what the push loop will send
     replication.detach()
     assert producer.on_change is None
+
+
+def test_pushes_are_ignored_while_rounds_fail_so_pushed_load_cannot_outlive_the_ttl() -> None:
+    now = [0.0]
+    producer = Producer()
+    store = StateStore(parse_store_url("redis://127.0.0.1:1/0"))
+    replication = LoadReplication(store, "epp:p", "me", {"inflight": producer}, ttl=3.0, monotonic=lambda: now[0])
+    replication.receive(encode_push("peer", b"g1", 1, {b"inflight\te1": (1, 100, 60)}))
+    assert producer.remote == {}  # no round yet
+    replication.apply_round(["peer"], [_hash(1, e1="1 100 60")])
+    assert producer.remote == {"e1": (1, 100, 60)}
+    now[0] = 10.0  # rounds have failed for longer than the TTL
+    replication.expire_if_stale()
+    replication.receive(encode_push("peer", b"g1", 2, {b"inflight\te1": (2, 200, 120)}))
+    assert producer.remote == {}
+
+
+def test_numbers_too_long_for_a_load_are_refused_not_raised() -> None:
+    huge = b"9" * 5000  # int() of this raises on Python 3.11; 1,000 digits would overflow floats
+    assert decode_push(b"peer\ng1 " + huge) is None
+    assert decode_push(b"peer\ng1 1\n" + huge + b" 0 0 inflight\te1") is None
+    replication, producer = _replication()
+    replication.apply_round(["peer"], [_hash(1, e1=f"{'9' * 1000} 0 0", e2="1 10 0")])
+    assert producer.remote == {"e2": (1, 10, 0)}
+    assert replication.counters.bad_fields == 1
