@@ -226,7 +226,9 @@ class Collector:
         deadline = started + self.idle_interval
         while (remaining := deadline - loop.time()) > 0 and self.is_idle(endpoint):
             await asyncio.sleep(min(self.interval, remaining))
-        state.interval, state.freshness_bound = self.interval, self.freshness_bound
+        # The bound stays the idle one until the wake-up scrape lands (the next wait sets it):
+        # tightened now, a last success older than the normal bound would read as stale.
+        state.interval = self.interval
 
     async def _tick(self, endpoint: Endpoint, state: _State) -> None:
         error = ""

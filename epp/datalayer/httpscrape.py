@@ -108,7 +108,10 @@ class _Connection:
                 if not reused:
                     raise HttpScrapeError("connection closed before a response") from None
             # A kept-alive connection the server closed while idle: one fresh attempt.
-            return await self._exchange()
+            try:
+                return await self._exchange()
+            except _StaleConnection:
+                raise HttpScrapeError("connection closed before a response (twice)") from None
 
     async def _exchange(self) -> ScrapeResponse:
         try:

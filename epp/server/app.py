@@ -43,6 +43,7 @@ from epp.director import Director
 from epp.errors import ConfigError
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.objectives import ObjectivesFileWatcher, ObjectiveStore
+from epp.flowcontrol.saturation import UtilizationDetector
 from epp.flowcontrol.workloads import WorkloadRegistry
 from epp.framework.plugin import BackgroundWork, Handle
 from epp.framework.registry import Registry
@@ -315,9 +316,7 @@ class PickerServer:
         scrape_errors = self.metrics.endpoint_scrape_errors
         self.collector = Collector(self.pool, self.config.data_bindings, self.options.refresh_metrics_interval,
                                    self.options.scrape_timeout, self.options.unready_after_failures,
-                                   # Only this picker's dispatches wake an idle endpoint: no accounting, no backoff.
-                                   idle_interval=(self.options.idle_scrape_interval or None)
-                                   if self.options.account_dispatches else None,
+                                   idle_interval=self._idle_scrape_interval(),
                                    on_scrape_error=lambda name: scrape_errors.labels(name).inc(),
                                    on_scraped=self.flow_controller.notify if self.flow_controller else None)
         self.health.fresh = self.collector.has_fresh_data
@@ -359,6 +358,25 @@ class PickerServer:
             if callable(stats):
                 details["kvEvents"] = stats(name)
         return details
+
+    def _idle_scrape_interval(self) -> float | None:
+        """The idle backoff, kept short enough that no utilization detector (flow control's,
+        the legacy shedding rule's, or one used as a filter) sees a resting endpoint's metrics
+        as stale: stale counts as saturated there, and as a filter it would starve idle
+        endpoints of the very requests that wake them."""
+        opts = self.options
+        if not opts.idle_scrape_interval or not opts.account_dispatches:
+            return None  # only this picker's dispatches wake an idle endpoint
+        assert self.config is not None
+        idle = opts.idle_scrape_interval
+        for plugin in (self.config.saturation_detector, *self.config.plugins.values()):
+            if isinstance(plugin, UtilizationDetector):
+                idle = min(idle, plugin.params.metrics_staleness_threshold - opts.refresh_metrics_interval)
+        if idle <= opts.refresh_metrics_interval:
+            log.info("idle scrape backoff off: a utilization detector's metricsStalenessThreshold leaves no room "
+                     "above --refresh-metrics-interval")
+            return None
+        return idle
 
     def degraded(self) -> list[str]:
         """Why the picker routes worse than it could while staying ready (``/readyz``).

@@ -173,3 +173,36 @@ async def test_scraping_only_the_wanted_series_reads_the_same_values_from_a_page
             big = await whole.read()
     assert len(small) * 10 < len(big)
     assert b"vllm:num_requests_waiting{" in small and b"vllm:generation_tokens_total" not in small
+
+
+STALENESS_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: utilization-detector
+  parameters: {metricsStalenessThreshold: 2s}
+- type: queue-scorer
+saturationDetector:
+  pluginRef: utilization-detector
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param(None, 0.15, id="the default detector's 200 ms staleness caps the backoff below it"),
+        pytest.param(STALENESS_CONFIG, 0.5, id="a 2 s staleness threshold leaves the 500 ms backoff alone"),
+    ],
+)
+async def test_idle_endpoints_are_never_scraped_so_rarely_that_a_utilization_detector_calls_them_stale(
+        start_picker: Any, config: str | None, expected: float) -> None:
+    # A stale endpoint counts as saturated: idle replicas would look full and, with the
+    # detector as a filter, never get the request that wakes them.
+    picker = await start_picker(endpoints="127.0.0.1:9", config=config, idle_scrape_interval=0.5,
+                                refresh_metrics_interval=0.05)
+    assert picker.collector is not None
+    assert picker.collector.idle_interval == pytest.approx(expected)

@@ -291,10 +291,11 @@ async def test_a_ratio_change_keeps_affinity_while_the_prefix_is_recorded_at_the
     for _ in range(8):
         await serve(producer, b, routed, make_request, b"x" * 2000, 1000)
     assert producer.token_ratios.chars_per_token("m") == 2.0
-    assert (await prepare(producer, make_request(PROMPT), [a, b])) == PrefixMatch(8, 16, {"a": 4})
+    # 4 old blocks of 64 bytes cover 8 new blocks of 32: counted in the new size.
+    assert (await prepare(producer, make_request(PROMPT), [a, b])) == PrefixMatch(8, 16, {"a": 8})
     await route(producer, make_request(PROMPT), [a, b], routed(a))  # recorded at the new size
     assert (await prepare(producer, make_request(PROMPT), [a, b])) == PrefixMatch(8, 16, {"a": 8})
-    assert (await prepare(producer, make_request(other), [a, b])).matches == {"b": 4}
+    assert (await prepare(producer, make_request(other), [a, b])).matches == {"b": 8}
     now[0] = 1_000.0  # past the transition: only the new size counts
     assert (await prepare(producer, make_request(other), [a, b])).matches == {}
     assert (await prepare(producer, make_request(PROMPT), [a, b])).matches == {"a": 8}

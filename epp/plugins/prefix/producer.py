@@ -155,8 +155,11 @@ class ApproxPrefixCacheProducer(BasePlugin):
         old = hash_prompt(request.prompt, request.target_model, request.cache_salt, block_size,
                           self.max_blocks(block_size), ratio)
         merged = dict(matches)
+        # Old blocks are another length: count what they cover in blocks of the new size.
+        old_bytes = block_bytes(block_size, ratio)
+        new_bytes = block_bytes(block_size, request_chars_per_token(request))
         for endpoint, blocks in (self.index.match(old) if old else {}).items():
-            merged[endpoint] = max(merged.get(endpoint, 0), min(blocks, total))
+            merged[endpoint] = max(merged.get(endpoint, 0), min(blocks * old_bytes // new_bytes, total))
         return merged
 
     def pre_request(self, cycle: CycleState, request: InferenceRequest, result: SchedulingResult) -> None:
