@@ -79,6 +79,9 @@ class TokenRatios:
         self._settle_change = settle_change
         self._max_models = max_models
         self._models: OrderedDict[str, _ModelRatio] = OrderedDict()
+        # Models whose value in use this instance changed itself, not yet taken by
+        # ``take_adopted`` (picker replicas sharing state publish them so all hash alike).
+        self._adopted: set[str] = set()
 
     def chars_per_token(self, model: str) -> float:
         """The value in use for ``model`` (the default until it has enough samples). Request path: one dict lookup."""
@@ -108,6 +111,31 @@ class TokenRatios:
             if moved > self._adopt_change or (moved > self._settle_change and entry.since_change >= self._horizon):
                 entry.in_use = learned
                 entry.since_change = 0
+                self._adopted.add(model)
+        return True
+
+    def take_adopted(self) -> dict[str, float]:
+        """Values this instance adopted since the last call (model -> characters per token)."""
+        taken = {model: self._models[model].in_use for model in self._adopted if model in self._models}
+        self._adopted.clear()
+        return taken
+
+    def agree(self, model: str, chars_per_token: float) -> bool:
+        """Use a value another replica adopted, so every replica hashes ``model``'s prompts with
+        the same block size (learning goes on; the hysteresis restarts from it). Values outside
+        the clamp are refused; returns whether the value in use changed."""
+        if not MIN_CHARS_PER_TOKEN <= chars_per_token <= MAX_CHARS_PER_TOKEN:
+            return False
+        entry = self._models.get(model)
+        if entry is None:
+            entry = self._models[model] = _ModelRatio()
+            if len(self._models) > self._max_models:
+                self._models.popitem(last=False)
+        if entry.in_use == chars_per_token:
+            return False
+        entry.in_use = chars_per_token
+        entry.since_change = 0
+        self._adopted.discard(model)
         return True
 
     def __len__(self) -> int:

@@ -31,6 +31,9 @@ __all__ = ["PrefixCounters", "PrefixOutbox", "PrefixReplication"]
 _REPLICA = b"r"
 _PAYLOAD = b"v"
 
+# Block sizes remembered per source: one per model whose prompts are hashed differently.
+_RECENT_SIZES = 16
+
 
 @dataclass(slots=True)
 class PrefixCounters:
@@ -53,8 +56,9 @@ class PrefixOutbox:
         self._queue: deque[PrefixRecord] = deque()
         self.limit = limit
         self.dropped = 0
-        # Per source, the block size its latest local record used: remote records must agree.
-        self.block_bytes: dict[str, int] = {}
+        # Per source, the block sizes its recent local records used (one per model in use, at
+        # most _RECENT_SIZES): a remote record of another size cannot match, so it is skipped.
+        self.block_bytes: dict[str, dict[int, None]] = {}
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -67,7 +71,11 @@ class PrefixOutbox:
                 queue.popleft()
                 self.dropped += 1
             queue.append(PrefixRecord(source, endpoint, block_bytes, hashes))
-            sizes[source] = block_bytes
+            recent = sizes.setdefault(source, {})
+            if block_bytes not in recent:
+                recent[block_bytes] = None
+                if len(recent) > _RECENT_SIZES:
+                    del recent[next(iter(recent))]
 
         return observe
 
@@ -179,8 +187,8 @@ class PrefixReplication:
             if index is None:
                 counters.unknown_sources += 1
                 continue
-            local = sizes.get(source, 0)
-            if local and block_bytes and block_bytes != local:
+            local = sizes.get(source)
+            if local and block_bytes and block_bytes not in local:
                 counters.block_size_mismatches += 1
                 continue
             if self._is_member is not None and not self._is_member(endpoint):

@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from epp.plugins.prefix.index import PrefixIndex
 from epp.sharedstate.address import parse_store_url
 from epp.sharedstate.load_sync import LoadReplication, SharesInFlightLoad
 from epp.sharedstate.prefix_sync import PrefixReplication
+from epp.sharedstate.ratio_sync import RatioReplication, SharesTokenRatios
 from epp.sharedstate.store import STORE_ERRORS, StateStore
 
 __all__ = ["SharedState", "SharedStateSettings", "build_shared_state", "default_replica_id"]
@@ -55,12 +56,13 @@ class SharedStateSettings:
     # (~150 ms) is over before a 200 ms round shows it to the other replicas.
     load_push: bool = True
     load_ttl: float = 3.0  # a dead replica's load disappears after this long
+    ratio_period: float = 1.0  # how often learned characters per token are shared and read
     timeout: float = 1.0  # per command
     block: float = 0.5  # longest blocking stream read
     backoff_max: float = 5.0  # longest pause between retries while the store is unreachable
 
     def __post_init__(self) -> None:
-        for name in ("flush_interval", "load_period", "load_ttl", "timeout", "block", "backoff_max"):
+        for name in ("flush_interval", "load_period", "load_ttl", "ratio_period", "timeout", "block", "backoff_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.load_ttl <= self.load_period:
@@ -72,7 +74,8 @@ class SharedState:
 
     def __init__(self, store: StateStore, pool_name: str, replica_id: str, indexes: dict[str, PrefixIndex],
                  producers: dict[str, SharesInFlightLoad], settings: SharedStateSettings | None = None,
-                 is_member: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 is_member: Callable[[str], bool] | None = None, clock: Callable[[], float] = time.time,
+                 ratio_sharers: Mapping[str, SharesTokenRatios] | None = None) -> None:
         self.settings = s = settings or SharedStateSettings()
         self.store = store
         self.pool_name = pool_name
@@ -84,6 +87,7 @@ class SharedState:
                                         is_member=is_member, clock=clock)
         self.load = LoadReplication(store, self.namespace, replica_id, producers, period=s.load_period,
                                     ttl=s.load_ttl, push=s.load_push, clock=clock)
+        self.ratios = RatioReplication(store, self.namespace, ratio_sharers or {}, period=s.ratio_period)
         # From construction on, so records made before ``run`` starts are published too.
         self.prefix.attach()
         self.load.attach()
@@ -100,6 +104,7 @@ class SharedState:
                 group.create_task(self.prefix.publish_forever())
                 group.create_task(self.prefix.follow_forever())
                 group.create_task(self.load.sync_forever())
+                group.create_task(self.ratios.sync_forever())
                 if s.load_push:
                     group.create_task(self.load.push_forever())
                     group.create_task(self.load.follow_forever())
@@ -146,6 +151,8 @@ class SharedState:
                        "lagSeconds": prefix.lag_seconds},
             "load": {"rounds": load.rounds, "pushes": load.pushes, "pushesApplied": load.pushes_applied,
                      "commands": load.commands, "badFields": load.bad_fields},
+            "charsPerToken": {"rounds": self.ratios.counters.rounds, "published": self.ratios.counters.published,
+                              "badValues": self.ratios.counters.bad_values},
             "bytesSent": sent, "bytesPerSecond": round(rate, 1),
             "peers": {peer: {"lastHeartbeatAgeSeconds": round(now - beat, 3)}
                       for peer, beat in sorted(load.peers.items())},
@@ -165,8 +172,11 @@ def build_shared_state(url: str, pool_name: str, replica_id: str, plugins: Itera
     address = parse_store_url(url)
     indexes: dict[str, PrefixIndex] = {}
     producers: dict[str, SharesInFlightLoad] = {}
+    ratio_sharers: dict[str, SharesTokenRatios] = {}
     for plugin in plugins:
         name = _plugin_name(plugin)
+        if isinstance(plugin, SharesTokenRatios):
+            ratio_sharers[name] = plugin
         index = getattr(plugin, "index", None)
         if isinstance(index, PrefixIndex):
             indexes[name] = index
@@ -175,7 +185,8 @@ def build_shared_state(url: str, pool_name: str, replica_id: str, plugins: Itera
     if not indexes and not producers:
         log.warning("--state-store: no plugin shares state (no prefix producer, no inflight-load-producer)")
     store = StateStore(address, timeout=settings.timeout, block=settings.block, backoff_max=settings.backoff_max)
-    return SharedState(store, pool_name, replica_id, indexes, producers, settings, is_member)
+    return SharedState(store, pool_name, replica_id, indexes, producers, settings, is_member,
+                       ratio_sharers=ratio_sharers)
 
 
 def _plugin_name(plugin: object) -> str:

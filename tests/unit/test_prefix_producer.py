@@ -324,3 +324,15 @@ async def test_responses_that_say_nothing_about_the_tokenizer_are_ignored(
     assert producer.chars_per_token_snapshot() == {}
     assert request.plugin_state == {CHARS_PER_TOKEN_KEY: 4.0}  # nothing of the producer's own is left behind
     assert producer.debug_sizes()["tokenRatioModels"] == 0
+
+
+async def test_a_value_agreed_with_another_replica_keeps_affinity_like_one_learned_here(
+    create: Any, make_endpoint: Any, make_request: Any, routed: Any
+) -> None:
+    producer = create("approx-prefix-cache-producer")
+    a = make_endpoint("a")
+    await route(producer, make_request(PROMPT), [a], routed(a))
+    producer.agree_ratio("m", 2.0)
+    assert producer.token_ratios.chars_per_token("m") == 2.0
+    assert producer.adopted_ratios() == {}  # not re-published: it came from the store
+    assert (await prepare(producer, make_request(PROMPT), [a])) == PrefixMatch(8, 16, {"a": 8})

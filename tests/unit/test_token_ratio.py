@@ -132,3 +132,17 @@ def test_nonsense_settings_are_refused(kwargs: dict[str, Any]) -> None:
 
 def test_prompt_tokens_divide_bytes_by_the_ratio_and_count_at_least_one() -> None:
     assert (prompt_tokens(1000), prompt_tokens(1000, 2.2), prompt_tokens(3), prompt_tokens(0, 2.2)) == (250, 454, 1, 1)
+
+
+def test_adopted_values_are_taken_once_and_a_peers_value_is_used_as_is() -> None:
+    ratios = TokenRatios()
+    for _ in range(8):
+        ratios.observe("m", 2000, 1000)
+    assert ratios.take_adopted() == {"m": 2.0}
+    assert ratios.take_adopted() == {}
+    assert ratios.agree("m", 2.1) and ratios.chars_per_token("m") == 2.1
+    assert not ratios.agree("m", 2.1)  # already in use
+    assert ratios.take_adopted() == {}  # a peer's value is not re-published
+    assert ratios.agree("other", 3.0) and ratios.chars_per_token("other") == 3.0
+    assert not ratios.agree("m", 80.0) and not ratios.agree("m", float("nan"))
+    assert ratios.chars_per_token("m") == 2.1

@@ -199,6 +199,17 @@ class ApproxPrefixCacheProducer(BasePlugin):
             if self.token_ratios.chars_per_token(model) != before:
                 self._previous_ratio[model] = (before, self._clock() + _TRANSITION_SECONDS)
 
+    def adopted_ratios(self) -> dict[str, float]:
+        """Characters per token this replica adopted since the last call (to share)."""
+        return self.token_ratios.take_adopted()
+
+    def agree_ratio(self, model: str, chars_per_token: float) -> None:
+        """Another replica's value for ``model``: used here too, with the same transition as a
+        value learned here, so replicas sharing the index hash with one block size."""
+        before = self.token_ratios.chars_per_token(model)
+        if self.token_ratios.agree(model, chars_per_token):
+            self._previous_ratio[model] = (before, self._clock() + _TRANSITION_SECONDS)
+
     def chars_per_token_snapshot(self) -> dict[str, dict[str, float | int]]:
         """Per target model, for ``/debug``: ``charsPerToken`` in use, ``learned``, ``samples``."""
         return self.token_ratios.snapshot()

@@ -34,8 +34,8 @@ from epp.testing.waiting import eventually
 if TYPE_CHECKING:
     from tests.integration.sharedstate.conftest import RedisProcess
 
-FAST = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=0.5, timeout=0.5, block=0.1,
-                           backoff_max=0.2)
+FAST = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=0.5, ratio_period=0.05, timeout=0.5,
+                           block=0.1, backoff_max=0.2)
 WAIT = 10.0
 ENDPOINTS = [Endpoint(EndpointMetadata(name, "127.0.0.1", port, port, MappingProxyType({})))
              for name, port in (("e1", 9001), ("e2", 9002))]
@@ -305,3 +305,27 @@ async def test_a_replica_restarted_under_the_same_id_does_not_inherit_the_dead_o
     await a.stop()
     await replica("a", long_ttl)  # restarted under the same id within the dead one's TTL, nothing in flight
     await eventually(lambda: b_sees(0), WAIT, "the dead replica's request is not carried over")
+
+
+async def test_replicas_agree_on_characters_per_token_so_their_records_match(replica: Factory) -> None:
+    # Each replica learns from its own responses: left alone, two replicas settle on slightly
+    # different values, hash blocks of different lengths, and share nothing useful.
+    a, b = await replica("a"), await replica("b")
+    for _ in range(8):
+        a.prefix.token_ratios.observe("m", 2000, 1000)  # a's responses: 2 characters per token
+    for _ in range(8):
+        b.prefix.token_ratios.observe("m", 2100, 1000)  # b's: 2.1, adopted too, but a spoke first
+    assert a.prefix.token_ratios.chars_per_token("m") == 2.0
+
+    async def agreed() -> bool:
+        return a.prefix.token_ratios.chars_per_token("m") == b.prefix.token_ratios.chars_per_token("m")
+
+    await eventually(agreed, WAIT, "both replicas use one value")
+    await a.route(PROMPT, E1)
+
+    async def b_matches() -> bool:
+        return (await b.matched(PROMPT)).get("e1", 0) > 0
+
+    await eventually(b_matches, WAIT, "b matches what a routed after the change")
+    assert a.shared.snapshot()["prefix"]["blockSizeMismatches"] == 0
+    assert b.shared.snapshot()["prefix"]["blockSizeMismatches"] == 0

@@ -125,3 +125,23 @@ def test_numbers_too_long_for_a_load_are_refused_not_raised() -> None:
     replication.apply_round(["peer"], [_hash(1, e1=f"{'9' * 1000} 0 0", e2="1 10 0")])
     assert producer.remote == {"e2": (1, 10, 0)}
     assert replication.counters.bad_fields == 1
+
+
+def test_shared_ratios_reach_every_producer_and_garbage_is_counted() -> None:
+    from epp.sharedstate.ratio_sync import RatioReplication
+
+    class Sharer:
+        def __init__(self) -> None:
+            self.agreed: dict[str, float] = {}
+
+        def adopted_ratios(self) -> dict[str, float]:
+            return {}
+
+        def agree_ratio(self, model: str, chars_per_token: float) -> None:
+            self.agreed[model] = chars_per_token
+
+    sharer = Sharer()
+    replication = RatioReplication(StateStore(parse_store_url("redis://127.0.0.1:1/0")), "epp:p", {"p": sharer})
+    replication.apply({b"m": b"2.25", b"n": b"nan", b"o": b"x" * 10, b"q" * 2000: b"2.0"})
+    assert sharer.agreed == {"m": 2.25}
+    assert replication.counters.bad_values == 3
