@@ -32,6 +32,8 @@ class WorkerSlot:
     index: int
     grpc_port: int
     metrics_port: int
+    # Where the supervisor reaches the worker's admin port: --admin-bind, or loopback for a wildcard.
+    admin_host: str = "127.0.0.1"
 
 
 def _free_port(host: str) -> int:
@@ -53,7 +55,8 @@ def plan_workers(workers: int, grpc_port: int, grpc_health_port: int, metrics_po
         if port in extproc:
             raise ConfigError(flag, f"collides with the workers' ext_proc ports {extproc[0]}-{extproc[-1]} "
                               f"(--grpc-port + worker index); move it past {extproc[-1]}", port)
-    return [WorkerSlot(i, grpc_port + i, _free_port(admin_bind)) for i in range(workers)]
+    host = "127.0.0.1" if admin_bind in ("", "0.0.0.0") else "::1" if admin_bind == "::" else admin_bind
+    return [WorkerSlot(i, grpc_port + i, _free_port(admin_bind), host) for i in range(workers)]
 
 
 def worker_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, slot: WorkerSlot) -> list[str]:

@@ -44,6 +44,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from epp.datalayer.endpoint import format_hostport
 from epp.server.auth import TokenFile, bearer_auth_middleware
 from epp.server.health import EXT_PROC_SERVICE
 from epp.server.worker_metrics import merge_worker_pages
@@ -84,7 +85,7 @@ class WorkerProcess:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.slot.metrics_port}"
+        return f"http://{format_hostport(self.slot.admin_host, self.slot.metrics_port)}"
 
     def describe(self) -> dict[str, Any]:
         return {"index": self.slot.index, "pid": self.process.pid if self.process else None,
@@ -141,6 +142,9 @@ class Supervisor:
             if worker.process is None:
                 await self._spawn(worker)
             assert worker.process is not None
+            if self.stopping:  # stop() signalled the others while this one was being started
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGTERM)
             code = await worker.process.wait()
             worker.ready = False
             worker.last_exit = code

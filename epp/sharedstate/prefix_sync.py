@@ -87,7 +87,7 @@ class PrefixOutbox:
 class PrefixReplication:
     def __init__(self, store: StateStore, stream: str, replica_id: str, indexes: Mapping[str, PrefixIndex], *,
                  flush_interval: float = 0.025, max_batch: int = 256, outbox_limit: int = 2048,
-                 stream_maxlen: int = 256, read_count: int = 100, is_member: Callable[[str], bool] | None = None,
+                 stream_maxlen: int = 256, read_count: int = 10, is_member: Callable[[str], bool] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.stream = stream
@@ -97,6 +97,8 @@ class PrefixReplication:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.stream_maxlen = stream_maxlen
+        # Entries per read: each is applied on the event loop in one go (up to 256 records of up
+        # to 256 hashes), so a warm-up from the whole stream yields to requests between reads.
         self.read_count = read_count
         self.outbox = PrefixOutbox(outbox_limit)
         self.counters = PrefixCounters()
