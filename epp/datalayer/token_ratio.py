@@ -94,13 +94,7 @@ class TokenRatios:
             return False
         if not MIN_SAMPLE_RATIO <= prompt_chars / prompt_tokens <= MAX_SAMPLE_RATIO:
             return False
-        entry = self._models.get(model)
-        if entry is None:
-            entry = self._models[model] = _ModelRatio()
-            if len(self._models) > self._max_models:
-                self._models.popitem(last=False)
-        else:
-            self._models.move_to_end(model)
+        entry = self._entry(model)
         entry.chars = entry.chars * self._keep + prompt_chars
         entry.tokens = entry.tokens * self._keep + prompt_tokens
         entry.samples += 1
@@ -114,6 +108,17 @@ class TokenRatios:
                 self._adopted.add(model)
         return True
 
+    def _entry(self, model: str) -> _ModelRatio:
+        """``model``'s entry, made the most recently used; created (evicting the least) if new."""
+        entry = self._models.get(model)
+        if entry is None:
+            entry = self._models[model] = _ModelRatio()
+            if len(self._models) > self._max_models:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(model)
+        return entry
+
     def take_adopted(self) -> dict[str, float]:
         """Values this instance adopted since the last call (model -> characters per token)."""
         taken = {model: self._models[model].in_use for model in self._adopted if model in self._models}
@@ -126,11 +131,7 @@ class TokenRatios:
         the clamp are refused; returns whether the value in use changed."""
         if not MIN_CHARS_PER_TOKEN <= chars_per_token <= MAX_CHARS_PER_TOKEN:
             return False
-        entry = self._models.get(model)
-        if entry is None:
-            entry = self._models[model] = _ModelRatio()
-            if len(self._models) > self._max_models:
-                self._models.popitem(last=False)
+        entry = self._entry(model)
         if entry.in_use == chars_per_token:
             return False
         entry.in_use = chars_per_token

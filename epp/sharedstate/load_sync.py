@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from epp.sharedstate.store import STORE_ERRORS, StateStore, close_bounded, stop_if_cancelled
+from epp.sharedstate.store import STORE_ERRORS, StateStore, close_bounded, every, stop_if_cancelled
 
 __all__ = ["LoadCounters", "LoadReplication", "SharesInFlightLoad", "decode_push", "encode_push"]
 
@@ -187,18 +187,7 @@ class LoadReplication:
         return self._sequence
 
     async def sync_forever(self) -> None:
-        backoff = self.store.backoff()
-        while True:
-            stop_if_cancelled()
-            try:
-                await self.sync_once()
-            except STORE_ERRORS as e:
-                self.store.failed(e)
-                self.expire_if_stale()
-                await asyncio.sleep(max(self.period, backoff.failure()))
-                continue
-            backoff.success()
-            await asyncio.sleep(self.period)
+        await every(self.period, self.sync_once, self.store, on_failure=self.expire_if_stale)
 
     async def push_forever(self) -> None:
         """Publish local changes as they happen; a failed push is left to the next round to repair."""

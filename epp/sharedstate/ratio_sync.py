@@ -11,14 +11,13 @@ uses what it holds: the last writer wins, and within a period every replica hash
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from epp.sharedstate.store import STORE_ERRORS, StateStore, stop_if_cancelled
+from epp.sharedstate.store import StateStore, every
 
 __all__ = ["RatioCounters", "RatioReplication", "SharesTokenRatios"]
 
@@ -83,16 +82,5 @@ class RatioReplication:
             self.counters.agreed += 1
 
     async def sync_forever(self) -> None:
-        if not self.producers:
-            return
-        backoff = self.store.backoff()
-        while True:
-            stop_if_cancelled()
-            try:
-                await self.sync_once()
-            except STORE_ERRORS as e:
-                self.store.failed(e)
-                await asyncio.sleep(max(self.period, backoff.failure()))
-                continue
-            backoff.success()
-            await asyncio.sleep(self.period)
+        if self.producers:
+            await every(self.period, self.sync_once, self.store)

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from epp.sharedstate.address import StoreAddress
 
-__all__ = ["STORE_ERRORS", "Backoff", "StateStore", "StoreHealth", "close_bounded", "stop_if_cancelled"]
+__all__ = ["STORE_ERRORS", "Backoff", "StateStore", "StoreHealth", "close_bounded", "every", "stop_if_cancelled"]
 
 # What a lost, slow or refusing store raises through redis-py.
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
@@ -37,6 +37,24 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def every(period: float, step: Callable[[], Awaitable[None]], store: StateStore,
+                on_failure: Callable[[], None] = lambda: None) -> None:
+    """Run ``step`` every ``period`` until cancelled; a store error is recorded, ``on_failure``
+    called, and the next try waits the longer of the period and the backoff."""
+    backoff = store.backoff()
+    while True:
+        stop_if_cancelled()
+        try:
+            await step()
+        except STORE_ERRORS as e:
+            store.failed(e)
+            on_failure()
+            await asyncio.sleep(max(period, backoff.failure()))
+            continue
+        backoff.success()
+        await asyncio.sleep(period)
 
 
 async def close_bounded(closing: Awaitable[object], timeout: float) -> None:
