@@ -8,15 +8,15 @@ routed request, is killed and started again on the same port; the next scrape se
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from epp.devstack.processes import epp_command, free_port
+from epp.devstack.processes import ManagedProcess, epp_command, free_port
 from epp.plugins.prefix.producer import ApproxPrefixCacheProducer
 from epp.server.app import PickerServer
 from epp.sim.config import SimConfig
@@ -37,16 +37,16 @@ schedulingProfiles:
 
 
 class SimProcess:
-    """``epp sim`` in a child process on a fixed port, killed with SIGKILL like a crashed server."""
+    """``epp sim`` (a ``ManagedProcess``) on a fixed port, killed with SIGKILL like a crashed server."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, workdir: Path) -> None:
         self.port = port
-        self.proc: asyncio.subprocess.Process | None = None
+        self.workdir = workdir
+        self.process: ManagedProcess | None = None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *epp_command("sim", "--port", str(self.port), "--time-scale", "0.05"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        self.process = ManagedProcess("sim", epp_command("sim", "--port", str(self.port), "--time-scale", "0.05"),
+                                      self.workdir / "sim.log").start()
 
         async def healthy() -> bool:
             try:
@@ -55,17 +55,18 @@ class SimProcess:
             except aiohttp.ClientError:
                 return False
 
+        # Polled without blocking: the picker under test runs on this event loop.
         await eventually(healthy, timeout=20.0, what="the simulator answers /health", interval=0.1)
 
     async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            await asyncio.wait_for(self.proc.wait(), 10.0)
+        if self.process is not None and self.process.poll() is None:
+            self.process.signal(signal.SIGKILL)
+            await asyncio.to_thread(self.process.stop)
 
 
 @pytest.fixture
-async def sim_process() -> AsyncIterator[SimProcess]:
-    sim = SimProcess(free_port())
+async def sim_process(tmp_path: Path) -> AsyncIterator[SimProcess]:
+    sim = SimProcess(free_port(), tmp_path)
     await sim.start()
     yield sim
     await sim.kill()

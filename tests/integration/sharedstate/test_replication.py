@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 FAST = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=0.5, ratio_period=0.05, timeout=0.5,
                            block=0.1, backoff_max=0.2)
+# Load that outlives any test: only a graceful stop or a restart's first round removes it.
+LONG_TTL = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=60.0, timeout=0.5, block=0.1)
 WAIT = 10.0
 ENDPOINTS = [Endpoint(EndpointMetadata(name, "127.0.0.1", port, port, MappingProxyType({})))
              for name, port in (("e1", 9001), ("e2", 9002))]
@@ -76,6 +78,9 @@ class Replica:
         cycle = CycleState()
         await self.inflight.prepare_data(cycle, _request(b"x"), ENDPOINTS)
         return inflight_load(cycle).requests(endpoint.name)
+
+    async def sees(self, endpoint: Endpoint, requests: int) -> bool:
+        return await self.requests_seen(endpoint) == requests
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.shared.run())
@@ -148,17 +153,11 @@ async def test_each_replica_sees_the_others_in_flight_load(replica: Factory) -> 
     await a.route(b"q" * 100, E1)
     await b.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    async def a_sees(n: int) -> bool:
-        return await a.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(3), WAIT, "b sees its own request plus a's two")
-    await eventually(lambda: a_sees(3), WAIT, "a sees its own two plus b's one")
+    await eventually(lambda: b.sees(E1, 3), WAIT, "b sees its own request plus a's two")
+    await eventually(lambda: a.sees(E1, 3), WAIT, "a sees its own two plus b's one")
     assert await b.requests_seen(E2) == 0
     a.finish(first, E1)
-    await eventually(lambda: b_sees(2), WAIT, "a's finished request leaves b's view")
+    await eventually(lambda: b.sees(E1, 2), WAIT, "a's finished request leaves b's view")
     # Peers are listed from the rounds' heartbeats, which may come after the pushes.
     await eventually(lambda: set(b.shared.snapshot()["peers"]) == {"a"}, WAIT, "b lists a as its peer")
 
@@ -167,27 +166,20 @@ async def test_a_dead_replicas_load_expires(replica: Factory) -> None:
     a, b = await replica("a"), await replica("b")
     await a.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(1), WAIT, "b sees a's request")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b sees a's request")
     a.shared.remove_on_stop = False  # a crash: nothing is cleaned up
     await a.stop()
-    await eventually(lambda: b_sees(0), WAIT, "a's load is gone after its TTL")
+    await eventually(lambda: b.sees(E1, 0), WAIT, "a's load is gone after its TTL")
     assert b.shared.snapshot()["peers"] == {}
 
 
 async def test_a_graceful_stop_removes_the_load_before_the_ttl(replica: Factory) -> None:
-    slow_expiry = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=60.0, timeout=0.5, block=0.1)
-    a, b = await replica("a", slow_expiry), await replica("b", slow_expiry)
+    a, b = await replica("a", LONG_TTL), await replica("b", LONG_TTL)
     await a.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(1), WAIT, "b sees a's request")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b sees a's request")
     await a.stop()
-    await eventually(lambda: b_sees(0), WAIT, "a's load is removed at once, not after 60 s")
+    await eventually(lambda: b.sees(E1, 0), WAIT, "a's load is removed at once, not after 60 s")
 
 
 async def test_store_outage_degrades_to_local_state_and_recovery_resumes_sharing(
@@ -195,10 +187,7 @@ async def test_store_outage_degrades_to_local_state_and_recovery_resumes_sharing
     a, b = await replica("a"), await replica("b")
     await a.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(1), WAIT, "b sees a's request")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b sees a's request")
     await eventually(lambda: a.shared.healthy()[0] and b.shared.healthy()[0], WAIT, "both connected")
 
     redis.kill()
@@ -209,12 +198,12 @@ async def test_store_outage_degrades_to_local_state_and_recovery_resumes_sharing
     await a.route(other, E2)
     assert await a.matched(other) == {"e2": 12}
     await b.route(b"q" * 100, E1)
-    await eventually(lambda: b_sees(1), WAIT, "b drops a's stale load and counts only its own")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b drops a's stale load and counts only its own")
     assert a.shared.snapshot()["connected"] is False
 
     redis.start()
     await eventually(lambda: a.shared.healthy()[0] and b.shared.healthy()[0], WAIT, "both reconnected")
-    await eventually(lambda: b_sees(2), WAIT, "b sees a's load again")
+    await eventually(lambda: b.sees(E1, 2), WAIT, "b sees a's load again")
     after = b"Routed after the store came back. " * 20
     await a.route(after, E1)
 
@@ -235,10 +224,8 @@ async def test_garbage_in_the_store_is_skipped_and_counted(replica: Factory, red
         await client.zadd("epp:pool-a:replicas", {"evil": 1e15})
         await client.xadd("epp:pool-a:prefix", {"r": "evil", "v": b"\x01\x01prefix\x00"})
 
-        async def b_sees_e2(n: int) -> bool:
-            return await b.requests_seen(E2) == n
 
-        await eventually(lambda: b_sees_e2(2), WAIT, "the well-formed field is used")
+        await eventually(lambda: b.sees(E2, 2), WAIT, "the well-formed field is used")
         await eventually(lambda: b.shared.snapshot()["prefix"]["badEntries"] == 1, WAIT, "the bad entry counted")
         assert b.shared.snapshot()["load"]["badFields"] >= 2
         assert await b.requests_seen(E1) == 0
@@ -266,14 +253,11 @@ async def test_a_routed_request_reaches_the_other_replica_by_push_long_before_th
             break
         await asyncio.sleep(0.1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E2) == n
-
-    await eventually(lambda: b_sees(len(requests)), WAIT, "b sees every request a routed")
+    await eventually(lambda: b.sees(E2, len(requests)), WAIT, "b sees every request a routed")
     assert a.shared.load.counters.rounds == 1, "no round ran: the load came by push"
     for request in requests:
         a.finish(request, E2)
-    await eventually(lambda: b_sees(0), WAIT, "a's finished requests leave b's view by push too")
+    await eventually(lambda: b.sees(E2, 0), WAIT, "a's finished requests leave b's view by push too")
     assert b.shared.snapshot()["load"]["pushesApplied"] >= 2
     assert a.shared.load.counters.rounds == 1
 
@@ -284,27 +268,20 @@ async def test_pushes_off_leave_the_load_to_the_rounds(replica: Factory) -> None
     a, b = await replica("a", rounds_only), await replica("b", rounds_only)
     await a.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(1), WAIT, "b sees a's request through the rounds")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b sees a's request through the rounds")
     assert a.shared.snapshot()["load"]["pushes"] == 0
 
 
 async def test_a_replica_restarted_under_the_same_id_does_not_inherit_the_dead_ones_load(replica: Factory) -> None:
     # A long TTL: only the restarted replica's first round can clear the dead one's fields.
-    long_ttl = SharedStateSettings(flush_interval=0.01, load_period=0.05, load_ttl=60.0, timeout=0.5, block=0.1)
-    a, b = await replica("a", long_ttl), await replica("b", long_ttl)
+    a, b = await replica("a", LONG_TTL), await replica("b", LONG_TTL)
     await a.route(b"q" * 100, E1)
 
-    async def b_sees(n: int) -> bool:
-        return await b.requests_seen(E1) == n
-
-    await eventually(lambda: b_sees(1), WAIT, "b sees a's request")
+    await eventually(lambda: b.sees(E1, 1), WAIT, "b sees a's request")
     a.shared.remove_on_stop = False  # a crash with a request in flight: its key outlives it
     await a.stop()
-    await replica("a", long_ttl)  # restarted under the same id within the dead one's TTL, nothing in flight
-    await eventually(lambda: b_sees(0), WAIT, "the dead replica's request is not carried over")
+    await replica("a", LONG_TTL)  # restarted under the same id within the dead one's TTL, nothing in flight
+    await eventually(lambda: b.sees(E1, 0), WAIT, "the dead replica's request is not carried over")
 
 
 async def test_replicas_agree_on_characters_per_token_so_their_records_match(replica: Factory) -> None:
