@@ -187,7 +187,7 @@ class ApproxPrefixCacheProducer(BasePlugin):
             matched = match.matches.get(primary.name, 0)
             self._hit_ratio.observe(matched / match.total_blocks)
             assert self._hit_bytes is not None
-            self._hit_bytes.observe(matched * block_bytes(match.block_size_tokens, request_chars_per_token(request)))
+            self._hit_bytes.observe(matched * hashed_bytes)
 
     def response_complete(self, request: InferenceRequest, response: ResponseInfo) -> None:
         prompt_chars = request.plugin_state.pop(self._prompt_chars_key, 0)
